@@ -1,0 +1,1 @@
+"""The ``hicache`` command line. Each subcommand lives in its own module with ``register``."""

@@ -1,0 +1,43 @@
+"""``hicache backends``: what is installed, what can run here, and how to get the rest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "backends", help="list storage backends: installed, available, and how to install the rest"
+    )
+    p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
+    p.add_argument(
+        "--deep", action="store_true",
+        help="also import each available backend's class to confirm it loads (may be slow)",
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hicache_core.plugins.registry import default_registry
+
+    rows = default_registry().describe(deep=args.deep)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="hicache storage backends")
+    for col in ("name", "distribution", "version", "status", "capabilities", "reason / install hint"):
+        table.add_column(col, overflow="fold")
+    style = {"available": "green", "unavailable": "red", "not installed": "yellow"}
+    for r in rows:
+        note = r.reason or ("" if r.status == "available" else r.install_hint)
+        table.add_row(
+            r.name, r.distribution or "", r.version or "", f"[{style[r.status]}]{r.status}[/]",
+            ", ".join(r.capabilities), note,
+        )
+    Console().print(table)
+    return 0

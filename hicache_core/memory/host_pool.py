@@ -1,0 +1,287 @@
+"""The host (L2) KV pool: token slots in host memory, grouped in pages.
+
+The tensor shapes and method names follow SGLang's host pools (``MHATokenToKVPoolHost`` /
+``MLATokenToKVPoolHost``) so that a backend written against SGLang's pool works against this
+one unchanged:
+
+========================  ===============================  ===============================
+layout                    MHA ``kv_buffer``                 MLA ``kv_buffer``
+========================  ===============================  ===============================
+``layer_first``           (2, L, size, H, D)                (L, size, 1, D)
+``page_first``            (2, size, L, H, D)                (size, L, 1, D)
+``page_first_direct``     (2, pages, L, page, H, D)         (pages, L, page, 1, D)
+========================  ===============================  ===============================
+
+Indices handed around (``host_indices``) are *token* slot indices, page aligned: page ``p``
+holds tokens ``p*page_size .. p*page_size+page_size-1``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from hicache_core.spec.errors import LayoutError
+
+Layout = Literal["layer_first", "page_first", "page_first_direct"]
+LAYOUTS: tuple[str, ...] = ("layer_first", "page_first", "page_first_direct")
+PAGE_LAYOUTS: tuple[str, ...] = ("page_first", "page_first_direct")
+
+
+@dataclass(frozen=True)
+class PagePiece:
+    """One contiguous run of bytes of a page in host memory."""
+
+    ptr: int
+    nbytes: int
+
+
+def _cuda_available() -> bool:
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken CUDA install must not stop a CPU node
+        return False
+
+
+class HostKVPool:
+    """KV for ``size`` token slots of an MHA or MLA model in host memory.
+
+    Memory is pinned when CUDA is available (so device copies are asynchronous DMA) and plain
+    otherwise; ``pin_memory`` overrides the choice. Allocation is page granular and
+    thread-safe; reads and writes of distinct pages may run concurrently.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        page_size: int,
+        layer_num: int,
+        head_num: int,
+        head_dim: int,
+        dtype: torch.dtype = torch.bfloat16,
+        layout: str = "page_first",
+        is_mla: bool = False,
+        pin_memory: bool | None = None,
+    ) -> None:
+        if layout not in LAYOUTS:
+            raise LayoutError(f"unknown host pool layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+        if page_size <= 0 or size <= 0 or size % page_size:
+            raise ValueError(
+                f"pool size {size} must be a positive multiple of page_size {page_size}"
+            )
+        if min(layer_num, head_dim) <= 0 or (not is_mla and head_num <= 0):
+            raise ValueError("layer_num, head_num and head_dim must be positive")
+        self.size = size
+        self.page_size = page_size
+        self.page_num = size // page_size
+        self.layer_num = layer_num
+        self.head_num = 1 if is_mla else head_num
+        self.head_dim = head_dim
+        self.dtype = dtype
+        self.layout = layout
+        self.is_mla = is_mla
+        self.start_layer = 0
+        self.end_layer = layer_num
+        self.pin_memory = _cuda_available() if pin_memory is None else pin_memory
+        self.device = "cpu"
+        self.kv_buffer = torch.zeros(
+            self._buffer_shape(), dtype=dtype, device="cpu", pin_memory=self.pin_memory
+        )
+        self._lock = threading.Lock()
+        self._free_pages: list[int] = list(range(self.page_num - 1, -1, -1))
+
+    # ------------------------------------------------------------------ shape and sizes
+    def _buffer_shape(self) -> tuple[int, ...]:
+        L, H, D, P = self.layer_num, self.head_num, self.head_dim, self.page_size
+        if self.is_mla:
+            return {
+                "layer_first": (L, self.size, 1, D),
+                "page_first": (self.size, L, 1, D),
+                "page_first_direct": (self.page_num, L, P, 1, D),
+            }[self.layout]
+        return {
+            "layer_first": (2, L, self.size, H, D),
+            "page_first": (2, self.size, L, H, D),
+            "page_first_direct": (2, self.page_num, L, P, H, D),
+        }[self.layout]
+
+    @property
+    def itemsize(self) -> int:
+        return int(self.dtype.itemsize)
+
+    def get_size_per_token(self) -> int:
+        """Bytes of KV one token takes (all layers, K and V for MHA)."""
+        per_layer = self.head_num * self.head_dim * self.itemsize
+        return self.layer_num * per_layer * (1 if self.is_mla else 2)
+
+    @property
+    def page_bytes(self) -> int:
+        """Bytes of one page (all of its pieces together)."""
+        return self.get_size_per_token() * self.page_size
+
+    @property
+    def is_page_first_layout(self) -> bool:
+        return self.layout in PAGE_LAYOUTS
+
+    def require_page_layout(self, backend: str) -> None:
+        """Raise ``LayoutError`` unless pages are contiguous, naming the layouts to use."""
+        if not self.is_page_first_layout:
+            raise LayoutError(
+                f"backend {backend!r} needs page-contiguous host memory, but the host pool uses "
+                f"layout {self.layout!r}; start with --hicache-mem-layout page_first "
+                "(or page_first_direct)"
+            )
+
+    # ------------------------------------------------------------------ allocation
+    def available_size(self) -> int:
+        """Free token slots."""
+        with self._lock:
+            return len(self._free_pages) * self.page_size
+
+    def alloc(self, need_size: int) -> torch.Tensor | None:
+        """Allocate ``need_size`` token slots (a multiple of ``page_size``).
+
+        Returns the token indices (int64, page aligned), or None when the pool has too few
+        free pages; nothing is allocated then.
+        """
+        if need_size % self.page_size:
+            raise ValueError(f"need_size {need_size} is not a multiple of page_size {self.page_size}")
+        pages = need_size // self.page_size
+        with self._lock:
+            if pages > len(self._free_pages):
+                return None
+            taken = [self._free_pages.pop() for _ in range(pages)]
+        return self.pages_to_indices(taken)
+
+    def free(self, indices: torch.Tensor) -> int:
+        """Return the pages behind ``indices`` to the pool; returns the token slots freed."""
+        pages = self.indices_to_pages(indices)
+        with self._lock:
+            self._free_pages.extend(pages)
+        return len(pages) * self.page_size
+
+    def pages_to_indices(self, pages: Sequence[int]) -> torch.Tensor:
+        """Token indices of whole pages, in page order."""
+        base = torch.tensor(list(pages), dtype=torch.int64).unsqueeze(1) * self.page_size
+        return (base + torch.arange(self.page_size, dtype=torch.int64)).flatten()
+
+    def indices_to_pages(self, indices: torch.Tensor | Sequence[int]) -> list[int]:
+        """Page numbers of page-aligned token ``indices`` (one per ``page_size`` tokens)."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        if idx.numel() % self.page_size:
+            raise ValueError(
+                f"{idx.numel()} host indices is not a whole number of pages of {self.page_size}"
+            )
+        firsts = idx[:: self.page_size]
+        if bool((firsts % self.page_size).any()):
+            raise ValueError("host indices are not page aligned")
+        return [int(i) // self.page_size for i in firsts.tolist()]
+
+    # ------------------------------------------------------------------ page access
+    def _page_view(self, index: int) -> torch.Tensor:
+        """The page starting at token ``index`` as a view of ``kv_buffer`` (not flattened)."""
+        P = self.page_size
+        if self.layout == "page_first_direct":
+            p = index // P
+            return self.kv_buffer[p : p + 1] if self.is_mla else self.kv_buffer[:, p : p + 1]
+        if self.layout == "page_first":
+            return self.kv_buffer[index : index + P] if self.is_mla else self.kv_buffer[:, index : index + P]
+        # layer_first
+        return self.kv_buffer[:, index : index + P] if self.is_mla else self.kv_buffer[:, :, index : index + P]
+
+    def get_data_page(self, index: int, flat: bool = True) -> torch.Tensor:
+        """The page that starts at token ``index``; flat pages are copies when not contiguous."""
+        view = self._page_view(index)
+        return view.flatten() if flat else view
+
+    def get_dummy_flat_data_page(self) -> torch.Tensor:
+        """A zeroed flat page buffer of the pool's dtype, to read a page into."""
+        return torch.zeros(
+            self.page_bytes // self.itemsize, dtype=self.dtype, device="cpu", pin_memory=self.pin_memory
+        )
+
+    def set_from_flat_data_page(self, index: int, data_page: torch.Tensor) -> None:
+        """Write a flat page (as ``get_data_page`` returns it) into the page at ``index``."""
+        view = self._page_view(index)
+        if data_page.numel() != view.numel():
+            raise ValueError(
+                f"flat page has {data_page.numel()} elements, a page of this pool has {view.numel()}"
+            )
+        view.copy_(data_page.reshape(view.shape).to(self.dtype))
+
+    # Plain names for the same two operations, for code that is not SGLang-shaped.
+    def read_page(self, page: int) -> torch.Tensor:
+        """A flat copy of page number ``page``."""
+        return self.get_data_page(page * self.page_size, flat=True).clone()
+
+    def write_page(self, page: int, data: torch.Tensor) -> None:
+        """Overwrite page number ``page`` from a flat tensor."""
+        self.set_from_flat_data_page(page * self.page_size, data)
+
+    # ------------------------------------------------------------------ zero-copy metadata
+    def pieces_per_page(self) -> int:
+        """How many contiguous pieces one page is made of (see ``get_page_buffer_meta``)."""
+        if self.layout in PAGE_LAYOUTS:
+            return 1 if self.is_mla else 2
+        return self.layer_num * (1 if self.is_mla else 2)
+
+    def get_page_buffer_meta(self, indices: torch.Tensor | Sequence[int]) -> tuple[list[int], list[int]]:
+        """Address and byte size of every contiguous piece of the pages behind ``indices``.
+
+        Per page, in this order: page layouts give K then V (MHA) or the one latent piece
+        (MLA); ``layer_first`` gives, for each layer, K then V (MHA) or the layer's piece (MLA).
+        Returns ``(ptr_list, size_list)`` of equal length.
+        """
+        ptrs: list[int] = []
+        for page in self.indices_to_pages(indices):
+            ptrs.extend(p.ptr for p in self.page_pieces(page))
+        size = self.page_bytes // self.pieces_per_page()
+        return ptrs, [size] * len(ptrs)
+
+    def page_pieces(self, page: int) -> list[PagePiece]:
+        """The contiguous pieces of page number ``page`` (see ``get_page_buffer_meta``)."""
+        base = self.kv_buffer.data_ptr()
+        it, L, H, D, P = self.itemsize, self.layer_num, self.head_num, self.head_dim, self.page_size
+        token = page * P
+        if self.layout in PAGE_LAYOUTS:
+            # In both page layouts a page's piece starts token*L*H*D elements into its K or V half.
+            piece = P * L * H * D * it
+            first = base + token * L * H * D * it
+            if self.is_mla:
+                return [PagePiece(first, piece)]
+            v_half = self.size * L * H * D * it
+            return [PagePiece(first, piece), PagePiece(first + v_half, piece)]
+        piece = P * H * D * it
+        layer_stride = self.size * H * D * it
+        out: list[PagePiece] = []
+        for layer in range(L):
+            k = base + layer * layer_stride + token * H * D * it
+            out.append(PagePiece(k, piece))
+            if not self.is_mla:
+                out.append(PagePiece(k + L * layer_stride, piece))
+        return out
+
+    def page_memoryviews(self, page: int) -> list[memoryview]:
+        """Writable byte views of the pieces of page number ``page``, without a copy.
+
+        What file-like backends hand to ``readinto``/``preadv``/``pwritev``.
+        """
+        flat = self.kv_buffer.view(-1).view(torch.uint8)
+        base = self.kv_buffer.data_ptr()
+        views: list[memoryview] = []
+        for piece in self.page_pieces(page):
+            start = piece.ptr - base
+            views.append(memoryview(flat[start : start + piece.nbytes].numpy()))  # type: ignore[arg-type]
+        return views
+
+    def __repr__(self) -> str:
+        kind = "MLA" if self.is_mla else "MHA"
+        return (
+            f"HostKVPool({kind}, layout={self.layout}, pages={self.page_num}x{self.page_size}, "
+            f"L={self.layer_num}, H={self.head_num}, D={self.head_dim}, dtype={self.dtype}, "
+            f"pinned={self.pin_memory})"
+        )

@@ -1,0 +1,186 @@
+"""Make any object with SGLang's storage methods a full ``HiCacheStorage``.
+
+Backends written for SGLang do not subclass hicache's ABC. The factory checks their methods
+(not their base class) and wraps them here, so callers always get the same contract: lists
+where lists are promised, a working v1 path whether or not the backend has one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hicache_core.spec.capabilities import Capabilities
+from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
+from hicache_core.spec.errors import BackendLoadError
+from hicache_core.spec.storage import HiCacheStorage
+
+if TYPE_CHECKING:
+    from hicache_core.memory.host_pool import HostKVPool
+
+log = logging.getLogger(__name__)
+
+REQUIRED_METHODS: tuple[str, ...] = ("get", "set", "exists")
+V1_METHODS: tuple[str, ...] = ("batch_get_v1", "batch_set_v1")
+
+
+def missing_methods(obj: Any, names: tuple[str, ...] = REQUIRED_METHODS) -> list[str]:
+    """The names in ``names`` that ``obj`` lacks or has as non-callables."""
+    return [n for n in names if not callable(getattr(obj, n, None))]
+
+
+class DuckTypedBackend(HiCacheStorage):
+    """A ``HiCacheStorage`` that forwards to an object with SGLang's method names.
+
+    ``interface_v1`` says the object implements ``batch_get_v1``/``batch_set_v1`` (SGLang's
+    dynamic-backend key). When such a call returns something other than a list of one bool
+    per key (SGLang's base class returns None), the wrapper logs it once and serves that call
+    through the generic get/set path instead of letting L3 switch off silently.
+    """
+
+    def __init__(self, inner: Any, config: HiCacheStorageConfig, interface_v1: bool, name: str) -> None:
+        super().__init__(config)
+        missing = missing_methods(inner)
+        if missing:
+            raise BackendLoadError(
+                f"backend {name!r}: {type(inner).__name__} is not a storage backend: it lacks "
+                f"{', '.join(missing)}. Implement SGLang's HiCacheStorage methods or subclass "
+                "hicache_core.HiCacheStorage"
+            )
+        self.inner = inner
+        self.name = name
+        self._native_v1 = interface_v1 and not missing_methods(inner, V1_METHODS)
+        if interface_v1 and not self._native_v1:
+            raise BackendLoadError(
+                f"backend {name!r}: interface_v1 is set but {type(inner).__name__} lacks "
+                f"{', '.join(missing_methods(inner, V1_METHODS))}; implement them or set interface_v1 to 0"
+            )
+        self._warned_v1 = False
+        declared = getattr(inner, "capabilities", None)
+        caps = declared if isinstance(declared, Capabilities) else Capabilities(
+            zero_copy_v1=self._native_v1,
+            delete=callable(getattr(inner, "delete", None)),
+            clear=callable(getattr(inner, "clear", None)),
+        )
+        self.capabilities = caps  # type: ignore[misc]  # per-instance, from the wrapped class
+
+    # lifecycle ---------------------------------------------------------------
+    def register_mem_pool_host(self, mem_pool_host: HostKVPool) -> None:
+        super().register_mem_pool_host(mem_pool_host)
+        register = getattr(self.inner, "register_mem_pool_host", None)
+        if callable(register):
+            register(mem_pool_host)
+        else:
+            self.inner.mem_pool_host = mem_pool_host
+
+    def close(self) -> None:
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+    def clear(self) -> None:
+        clear = getattr(self.inner, "clear", None)
+        if not callable(clear):
+            raise NotImplementedError(f"backend {self.name!r} does not support clear()")
+        clear()
+
+    def delete(self, key: str) -> bool:
+        delete = getattr(self.inner, "delete", None)
+        if not callable(delete):
+            raise NotImplementedError(f"backend {self.name!r} does not support delete()")
+        result = delete(key)
+        return True if result is None else bool(result)
+
+    def get_stats(self) -> dict[str, Any] | None:
+        stats = getattr(self.inner, "get_stats", None)
+        value = stats() if callable(stats) else None
+        if value is None or isinstance(value, dict):
+            return value
+        return {"stats": value}
+
+    # single-key --------------------------------------------------------------
+    def get(self, key: str, target_location: Any | None = None, target_sizes: Any | None = None) -> torch.Tensor | None:
+        result = self.inner.get(key, target_location, target_sizes)
+        return result if isinstance(result, torch.Tensor) else None
+
+    def set(self, key: str, value: Any | None = None, target_location: Any | None = None, target_sizes: Any | None = None) -> bool:
+        return bool(self.inner.set(key, value, target_location, target_sizes))
+
+    def exists(self, key: str) -> bool:
+        return bool(self.inner.exists(key))
+
+    # bulk ----------------------------------------------------------------------
+    def batch_get(self, keys: list[str], target_locations: Any | None = None, target_sizes: Any | None = None) -> list[torch.Tensor | None]:
+        fn = getattr(self.inner, "batch_get", None)
+        if not callable(fn):
+            return super().batch_get(keys, target_locations, target_sizes)
+        result = fn(keys, target_locations, target_sizes)
+        if isinstance(result, list) and len(result) == len(keys):
+            return [r if isinstance(r, torch.Tensor) else None for r in result]
+        if isinstance(result, int) and target_locations is not None:
+            # Some SGLang backends answer with the count of leading pages read into targets.
+            locs = list(target_locations)
+            return [locs[i] if i < result else None for i in range(len(keys))]
+        return super().batch_get(keys, target_locations, target_sizes)
+
+    def batch_set(self, keys: list[str], values: Any | None = None, target_locations: Any | None = None, target_sizes: Any | None = None) -> bool:
+        fn = getattr(self.inner, "batch_set", None)
+        if not callable(fn):
+            return super().batch_set(keys, values, target_locations, target_sizes)
+        return bool(fn(keys, values, target_locations, target_sizes))
+
+    def batch_exists(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> int:
+        fn = getattr(self.inner, "batch_exists", None)
+        if not callable(fn):
+            return super().batch_exists(keys, extra_info)
+        try:
+            result = fn(keys, extra_info)
+        except TypeError:  # older signature without extra_info
+            result = fn(keys)
+        if isinstance(result, list):  # per-key answer: count the leading hits
+            count = 0
+            for hit in result:
+                if not hit:
+                    break
+                count += 1
+            return count
+        return max(0, min(int(result), len(keys)))
+
+    # zero-copy v1 -------------------------------------------------------------
+    def batch_get_v1(self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
+        if self._native_v1:
+            result = self.inner.batch_get_v1(keys, host_indices, extra_info)
+            checked = self._check_v1("batch_get_v1", result, len(keys))
+            if checked is not None:
+                return checked
+        return super().batch_get_v1(keys, host_indices, extra_info)
+
+    def batch_set_v1(self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
+        if self._native_v1:
+            result = self.inner.batch_set_v1(keys, host_indices, extra_info)
+            checked = self._check_v1("batch_set_v1", result, len(keys))
+            if checked is not None:
+                return checked
+        return super().batch_set_v1(keys, host_indices, extra_info)
+
+    def _check_v1(self, method: str, result: Any, count: int) -> list[bool] | None:
+        if isinstance(result, (list, tuple)) and len(result) == count:
+            return [bool(r) for r in result]
+        if not self._warned_v1:
+            self._warned_v1 = True
+            log.error(
+                "backend %r: %s returned %r instead of a list of %d bools; serving v1 calls "
+                "through the generic get/set path (fix the backend or set interface_v1 to 0)",
+                self.name, method, type(result).__name__ if result is not None else None, count,
+            )
+        self._native_v1 = False
+        return None
+
+    def health_check(self) -> None:
+        probe = getattr(self.inner, "health_check", None)
+        if callable(probe):
+            probe()
+        else:
+            super().health_check()

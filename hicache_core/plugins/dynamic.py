@@ -1,0 +1,78 @@
+"""SGLang's ``dynamic`` backend: a class named in the extra config, imported on demand.
+
+Extra-config keys (SGLang's names): ``backend_name``, ``module_path``, ``class_name`` and
+optionally ``interface_v1`` (1 = the class implements the zero-copy methods).
+
+Importing a module named in a request is code execution. ``HICACHE_DYNAMIC_ALLOWLIST``
+(comma-separated module prefixes, e.g. ``my_company.,acme_store``) limits what
+``module_path`` may name. Unset, any module may be named, as in SGLang; set but empty,
+dynamic backends are disabled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from hicache_core.plugins.registry import import_target
+from hicache_core.spec.errors import BackendConfigError, BackendLoadError
+
+DYNAMIC_ALLOWLIST_ENV = "HICACHE_DYNAMIC_ALLOWLIST"
+DYNAMIC_KEYS = ("backend_name", "module_path", "class_name", "interface_v1")
+
+
+@dataclass(frozen=True)
+class DynamicTarget:
+    backend_name: str
+    module_path: str
+    class_name: str
+    interface_v1: bool
+
+
+def parse_dynamic_config(extra: dict[str, Any]) -> DynamicTarget:
+    """Read and check the dynamic-backend keys; errors name the key to add or fix."""
+    missing = [k for k in ("backend_name", "module_path", "class_name") if not extra.get(k)]
+    if missing:
+        raise BackendConfigError(
+            f"dynamic backend: extra config lacks {', '.join(missing)}; give e.g. "
+            '{"backend_name": "mystore", "module_path": "my_pkg.store", "class_name": "MyStore"}'
+        )
+    for key in ("backend_name", "module_path", "class_name"):
+        if not isinstance(extra[key], str):
+            raise BackendConfigError(f"dynamic backend: {key} must be a string, got {extra[key]!r}")
+    raw_v1 = extra.get("interface_v1", 0)
+    if raw_v1 in (0, 1, True, False, "0", "1", "true", "false", "True", "False"):
+        interface_v1 = str(raw_v1).lower() in ("1", "true")
+    else:
+        raise BackendConfigError(f"dynamic backend: interface_v1 must be 0 or 1, got {raw_v1!r}")
+    return DynamicTarget(extra["backend_name"], extra["module_path"], extra["class_name"], interface_v1)
+
+
+def check_dynamic_allowed(module_path: str, environ: dict[str, str] | None = None) -> None:
+    """Raise ``BackendLoadError`` when ``HICACHE_DYNAMIC_ALLOWLIST`` forbids ``module_path``."""
+    env = os.environ if environ is None else environ
+    raw = env.get(DYNAMIC_ALLOWLIST_ENV)
+    if raw is None:
+        return
+    prefixes = [p.strip() for p in raw.split(",") if p.strip()]
+    for prefix in prefixes:
+        if module_path == prefix or module_path.startswith(prefix.rstrip(".") + "."):
+            return
+    raise BackendLoadError(
+        f"dynamic backend: module {module_path!r} is not allowed by {DYNAMIC_ALLOWLIST_ENV}="
+        f"{raw!r}; add its package prefix to that variable to allow it"
+    )
+
+
+def load_dynamic_class(extra: dict[str, Any], environ: dict[str, str] | None = None) -> tuple[type, DynamicTarget]:
+    """Import the class a dynamic config names, after the allowlist check."""
+    target = parse_dynamic_config(extra)
+    check_dynamic_allowed(target.module_path, environ)
+    obj = import_target(f"{target.module_path}:{target.class_name}", what=f"dynamic backend {target.backend_name!r}")
+    if not isinstance(obj, type):
+        raise BackendLoadError(
+            f"dynamic backend {target.backend_name!r}: {target.module_path}.{target.class_name} is a "
+            f"{type(obj).__name__}, not a class; class_name must name the storage class"
+        )
+    return obj, target

@@ -1,0 +1,24 @@
+"""The conformance kit: a base test class every backend author subclasses.
+
+.. code-block:: python
+
+    # tests/test_conformance.py of a backend package
+    import pytest
+    from hicache_core.testing import StorageConformanceTests
+
+    class TestMyStore(StorageConformanceTests):
+        @pytest.fixture
+        def open_backend(self, tmp_path, storage_config):
+            def _open():
+                return MyStore(storage_config_with(tmp_path))
+            return _open
+
+``open_backend`` returns a callable that opens the backend on the *same* underlying store
+each time it is called (the kit calls it again to test persistence across reopen). The kit
+registers the host pool, closes what it opened, and skips what the backend's capabilities
+say is absent. ``hicache check NAME`` runs the same suite against an installed backend.
+"""
+
+from hicache_core.testing.conformance import StorageConformanceTests
+
+__all__ = ["StorageConformanceTests"]
