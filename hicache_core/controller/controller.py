@@ -1,0 +1,628 @@
+"""``StorageController``: attaches an L3 backend to a host pool and runs its workers.
+
+See the package docstring for the contract. Internals in one paragraph: admin operations
+hold one re-entrant lock and replace ``self._session`` atomically; request-path calls read
+``self._session`` once and talk to that session only, so a swap never blocks them and never
+makes them fail (a session that is stopping answers with misses). Backend calls run through
+the session's ``GuardedBackend``; its reports feed the circuit breaker, which, when it opens,
+detaches the session on a helper thread (a worker cannot join itself) and, with
+``auto_reattach``, probes fresh instances of the same backend until one is healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from hicache_core.controller.errors import ControllerError
+from hicache_core.controller.faults import FaultInjectingStorage, parse_fault_config, strip_fault_key
+from hicache_core.controller.metrics import ControllerMetrics
+from hicache_core.controller.policies import (
+    DEFAULT_PREFETCH_POLICY,
+    DEFAULT_WRITE_POLICY,
+    check_prefetch_policy,
+    check_write_policy,
+    split_extra_config,
+    write_policy_allows,
+)
+from hicache_core.controller.prefetch import PrefetchOperation, PrefetchResult
+from hicache_core.controller.session import AttachSpec, BackupJob, Session, _Once
+from hicache_core.plugins.factory import create_backend
+from hicache_core.spec.config import HiCacheStorageConfig
+from hicache_core.spec.errors import HiCacheError
+
+if TYPE_CHECKING:
+    from hicache_core.memory.host_pool import HostKVPool
+    from hicache_core.plugins.registry import BackendRegistry
+    from hicache_core.spec.storage import HiCacheStorage
+
+log = logging.getLogger(__name__)
+
+SWITCH_MODES: tuple[str, ...] = ("quiesce", "idle")
+_SECRET = re.compile(r"secret|password|passwd|credential|access_key|api_key|auth", re.IGNORECASE)
+
+T = TypeVar("T")
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def redact(extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` with secret-looking values replaced, for status and logs."""
+    out: dict[str, Any] = {}
+    for k, v in extra.items():
+        if _SECRET.search(k):
+            out[k] = "***"
+        elif isinstance(v, dict):
+            out[k] = redact(v)
+        else:
+            out[k] = v
+    return out
+
+
+@dataclass
+class BreakerState:
+    """The circuit breaker of one controller."""
+
+    threshold: int
+    state: str = "closed"  # "closed" (calls flow) or "open" (backend detached by the breaker)
+    consecutive_failures: int = 0
+    trips: int = 0
+    opened_at: str | None = None
+    reason: str | None = None
+    last_probe_at: str | None = None
+    last_probe_error: str | None = None
+    probes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class StorageController:
+    """Attaches one L3 backend at a time to ``host_pool`` and moves pages both ways.
+
+    Admin operations (``attach``, ``detach``, ``close``) are thread-safe and raise
+    ``ControllerError`` with the state rolled back. Request-path operations (``prefetch``,
+    ``backup``, ``should_backup``) never raise: detached, degraded or failing == L3 misses.
+
+    Beyond the contract's arguments: ``io_timeout_s`` bounds every backend call,
+    ``quiesce_timeout_s`` bounds how long a switch waits for in-flight L3 work,
+    ``attach_timeout_s`` bounds creating a backend, ``prefetch_policy`` / ``write_policy``
+    are the policies in force before any attach says otherwise, and ``add_namespace_suffix``
+    appends ``storage_config.namespace_suffix()`` to every page hash (the contract's
+    behaviour); pass False for backends that append it themselves.
+    """
+
+    def __init__(
+        self,
+        host_pool: HostKVPool,
+        storage_config: HiCacheStorageConfig | None = None,
+        registry: BackendRegistry | None = None,
+        metrics_registry: CollectorRegistry | None = None,
+        rank: int = 0,
+        breaker_threshold: int = 5,
+        auto_reattach: bool = True,
+        probe_interval_s: float = 2.0,
+        idle_check: Callable[[], str | None] | None = None,
+        *,
+        io_timeout_s: float = 10.0,
+        quiesce_timeout_s: float = 5.0,
+        attach_timeout_s: float = 60.0,
+        prefetch_policy: str = DEFAULT_PREFETCH_POLICY,
+        write_policy: str = DEFAULT_WRITE_POLICY,
+        add_namespace_suffix: bool = True,
+    ) -> None:
+        if breaker_threshold < 1:
+            raise ValueError(f"breaker_threshold must be at least 1, got {breaker_threshold}")
+        self.host_pool = host_pool
+        self.storage_config = storage_config if storage_config is not None else HiCacheStorageConfig()
+        self.registry = registry
+        self.rank = rank
+        self.auto_reattach = auto_reattach
+        self.probe_interval_s = probe_interval_s
+        self.idle_check = idle_check
+        self.io_timeout_s = io_timeout_s
+        self.quiesce_timeout_s = quiesce_timeout_s
+        self.attach_timeout_s = attach_timeout_s
+        self.metrics = ControllerMetrics(metrics_registry, rank)
+        self._prefetch_policy = check_prefetch_policy(prefetch_policy)
+        self._write_policy = check_write_policy(write_policy)
+        self._suffix = self.storage_config.namespace_suffix() if add_namespace_suffix else ""
+        self._admin = threading.RLock()
+        self._session: Session | None = None
+        self._spec: AttachSpec | None = None  # attached, or being probed while degraded
+        self._state = "detached"
+        self._generation = 0
+        self._breaker = BreakerState(threshold=breaker_threshold)
+        self._breaker_lock = threading.Lock()
+        self._tripping = False
+        self._probe_stop: threading.Event | None = None
+        self._last_error: str | None = None
+        self._last_error_at: str | None = None
+        self._closed = False
+
+    # ================================================================== properties
+    @property
+    def attached(self) -> bool:
+        return self._session is not None
+
+    @property
+    def state(self) -> str:
+        """``attached``, ``detached`` or ``degraded`` (detached by the breaker)."""
+        return self._state
+
+    @property
+    def write_policy(self) -> str:
+        return self._write_policy
+
+    @property
+    def prefetch_policy(self) -> str:
+        return self._prefetch_policy
+
+    @property
+    def backend(self) -> HiCacheStorage | None:
+        """The attached backend instance (wrapped when faults are injected), or None."""
+        sess = self._session
+        return sess.backend if sess is not None else None
+
+    @property
+    def fault_injector(self) -> FaultInjectingStorage | None:
+        """The failure-injection wrapper of the attached backend, when one is configured."""
+        sess = self._session
+        return sess.fault_injector if sess is not None else None
+
+    # ================================================================== admin
+    def attach(
+        self,
+        backend: str,
+        extra_config: dict[str, Any] | None = None,
+        prefetch_policy: str | None = None,
+        write_policy: str | None = None,
+        replace: bool = False,
+        switch_mode: str = "quiesce",
+    ) -> str:
+        """Attach ``backend`` (installed name or ``dynamic``); returns a message.
+
+        Re-attaching the backend already attached with the same backend config only updates
+        the policies and prefetch knobs. A different backend is refused unless ``replace``;
+        then the new one is built first and the old one is quiesced and closed only once the
+        new one is ready, so a failure anywhere leaves the old one attached and working.
+        ``switch_mode="idle"`` refuses unless the engine is idle (``idle_check``), as SGLang.
+        """
+        with self._admin:
+            if self._closed:
+                raise ControllerError("Reject attach: the controller is closed")
+            if switch_mode not in SWITCH_MODES:
+                raise ControllerError(f"unknown switch_mode {switch_mode!r}; use one of {', '.join(SWITCH_MODES)}")
+            if not isinstance(backend, str) or not backend:
+                raise ControllerError("Reject attach: give the storage backend's name")
+            new_prefetch = check_prefetch_policy(prefetch_policy) if prefetch_policy else self._prefetch_policy
+            new_write = check_write_policy(write_policy) if write_policy else self._write_policy
+            spec = self._make_spec(backend, extra_config)
+            current = self._session
+            if current is not None and current.spec.same_backend(spec):
+                current.knobs = spec.knobs
+                self._spec = spec
+                self._prefetch_policy, self._write_policy = new_prefetch, new_write
+                return (
+                    f"storage backend {backend!r} is already attached; updated prefetch_policy="
+                    f"{new_prefetch}, write_policy={new_write}, prefetch knobs {spec.knobs.to_dict()}"
+                )
+            if current is not None and not replace:
+                raise ControllerError(
+                    f"Reject attach: storage backend {current.name!r} is already attached; detach it "
+                    f"first or attach with replace=True to switch to {backend!r}"
+                )
+            if switch_mode == "idle":
+                self._check_idle("attach")
+            try:
+                session = self._build_session(spec)
+                session.start()
+            except ControllerError as exc:
+                self.metrics.attach(False)
+                self._note_error(str(exc))
+                raise
+            except Exception as exc:  # starting threads failed: nothing else changed
+                self.metrics.attach(False)
+                msg = f"Reject attach: starting workers for {backend!r} failed: {type(exc).__name__}: {exc}"
+                self._note_error(msg)
+                raise ControllerError(msg) from exc
+            old = self._install(session, spec)
+            self._prefetch_policy, self._write_policy = new_prefetch, new_write
+            self.metrics.attach(True)
+            what = f"replaced {old.name!r} with" if old is not None else "attached"
+            return (
+                f"{what} storage backend {backend!r} (prefetch_policy={new_prefetch}, "
+                f"write_policy={new_write})"
+            )
+
+    def detach(self, switch_mode: str = "quiesce") -> str:
+        """Detach the backend (idempotent): quiesce the workers, close it. L3 data is kept."""
+        with self._admin:
+            if switch_mode not in SWITCH_MODES:
+                raise ControllerError(f"unknown switch_mode {switch_mode!r}; use one of {', '.join(SWITCH_MODES)}")
+            if switch_mode == "idle" and self._session is not None:
+                self._check_idle("detach")
+            self._stop_probing()
+            old, was = self._session, self._state
+            spec = self._spec
+            self._session = None
+            self._spec = None
+            self._state = "detached"
+            self._generation += 1
+            self._reset_breaker()
+            self.metrics.set_attached(False)
+            if old is not None:
+                old.stop(self.quiesce_timeout_s)
+                self.metrics.detach("admin")
+                return f"detached storage backend {old.name!r}"
+            if was == "degraded" and spec is not None:
+                self.metrics.detach("admin")
+                return f"detached storage backend {spec.backend!r} (it was degraded; probing stopped)"
+            return "no storage backend is attached"
+
+    def close(self) -> None:
+        """Detach and stop every thread; the controller refuses attaches afterwards."""
+        with self._admin:
+            if self._closed:
+                return
+            self.detach()
+            self._closed = True
+
+    def __enter__(self) -> StorageController:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ================================================================== status
+    def status(self) -> dict[str, Any]:
+        """JSON-serialisable state: backend, config, policies, breaker, counters, last error."""
+        with self._admin:
+            sess, spec = self._session, self._spec
+            with self._breaker_lock:
+                breaker = self._breaker.to_dict()
+            pending = sess.pending() if sess is not None else (0, 0)
+            faults = sess.fault_injector if sess is not None else None
+            return {
+                "rank": self.rank,
+                "state": self._state,
+                "backend": spec.backend if spec is not None else None,
+                "extra_config": redact(spec.extra_config) if spec is not None else None,
+                "prefetch_policy": self._prefetch_policy,
+                "write_policy": self._write_policy,
+                "policies": {
+                    "prefetch": self._prefetch_policy,
+                    "write": self._write_policy,
+                    **(spec.knobs.to_dict() if spec is not None else {}),
+                },
+                "attached_at": (
+                    datetime.fromtimestamp(sess.attached_at, timezone.utc).isoformat(timespec="seconds")
+                    if sess is not None else None
+                ),
+                "breaker": {**breaker, "auto_reattach": self.auto_reattach, "probe_interval_s": self.probe_interval_s},
+                "counters": self.metrics.snapshot(),
+                "queues": {"prefetch": pending[0], "backup": pending[1]},
+                "fault_injection": (
+                    {**faults.faults.to_dict(), "fail_all": faults.switch.fail_all, **faults.injected}
+                    if faults is not None else None
+                ),
+                "io_timeout_s": self.io_timeout_s,
+                "namespace_suffix": self._suffix,
+                "last_error": self._last_error,
+                "last_error_at": self._last_error_at,
+            }
+
+    def backend_view(self) -> dict[str, Any]:
+        """SGLang's ``GET /hicache/storage-backend`` fields, as now in force."""
+        with self._admin:
+            spec = self._spec if self._session is not None else None
+            return {
+                "hicache_storage_backend": spec.backend if spec is not None else None,
+                "hicache_storage_backend_extra_config_json": (
+                    json.dumps(redact(spec.extra_config)) if spec is not None and spec.extra_config else None
+                ),
+                "hicache_storage_prefetch_policy": self._prefetch_policy,
+                "hicache_write_policy": self._write_policy,
+            }
+
+    # ================================================================== request path
+    def prefetch(self, page_hashes: list[str], prefix_hashes: list[str] | None = None) -> PrefetchOperation | None:
+        """Start loading the leading pages of ``page_hashes`` from L3; never raises.
+
+        None when detached or when ``len(page_hashes) * page_size`` is below
+        ``prefetch_threshold`` (the L3 lookup itself runs on the prefetch worker; when it
+        finds fewer pages than the threshold the operation completes empty).
+        """
+        try:
+            sess = self._session
+            if sess is None or not page_hashes:
+                return None
+            ps = self.host_pool.page_size
+            tokens = len(page_hashes) * ps
+            if tokens < sess.knobs.prefetch_threshold:
+                return None
+            op = PrefetchOperation(
+                list(page_hashes), list(prefix_hashes or []), ps, self._prefetch_policy,
+                sess.knobs.timeout_for(tokens), free=self.host_pool.free,
+                on_taken=lambda res: self.metrics.hit(res.pages * ps),
+            )
+            if not sess.submit_prefetch(op):
+                return None
+            self.metrics.prefetch_started()
+            return op
+        except Exception:
+            log.exception("prefetch() failed; answering with a miss")
+            return None
+
+    def backup(
+        self,
+        page_hashes: list[str],
+        host_indices: torch.Tensor,
+        on_done: Callable[[list[bool]], object] | None = None,
+    ) -> bool:
+        """Queue an L2 -> L3 write of ``page_hashes`` from ``host_indices``; never raises.
+
+        ``on_done(results)`` runs exactly once, one bool per page (True = stored). Returns
+        False when nothing was queued; ``on_done`` has then already run, with False entries.
+        On an MLA non-writer rank nothing is written and every entry is True (rank 0 writes).
+        """
+        done = _Once(on_done)
+        n = len(page_hashes)
+        try:
+            sess = self._session
+            if sess is None:
+                done([False] * n)
+                return False
+            idx = torch.as_tensor(host_indices, dtype=torch.int64)
+            if idx.numel() != n * self.host_pool.page_size:
+                log.error(
+                    "backup(): %d pages need %d host indices, got %d; not queued",
+                    n, n * self.host_pool.page_size, idx.numel(),
+                )
+                done([False] * n)
+                return False
+            if n == 0:
+                done([])
+                return True
+            if not sess.is_writer:
+                done([True] * n)
+                return True
+            job = BackupJob(list(page_hashes), sess.keys(list(page_hashes)), idx, done)
+            if not sess.submit_backup(job):
+                done([False] * n)
+                return False
+            self.metrics.backup_started()
+            return True
+        except Exception:
+            log.exception("backup() failed; reporting every page as not stored")
+            done([False] * n)
+            return False
+
+    def should_backup(self, event: str, hit_count: int = 1) -> bool:
+        """The write policy as a decision for ``event`` (insert, hit, evict); never raises."""
+        if self._session is None:
+            return False
+        try:
+            return write_policy_allows(self._write_policy, event, hit_count)
+        except ValueError:
+            log.error("should_backup(): unknown event %r; use insert, hit or evict", event)
+            return False
+
+    # ================================================================== internals
+    def _make_spec(self, backend: str, extra_config: dict[str, Any] | None) -> AttachSpec:
+        if extra_config is not None and not isinstance(extra_config, dict):
+            raise ControllerError(f"Reject attach: extra_config must be a JSON object, got {type(extra_config).__name__}")
+        given = dict(extra_config or {})
+        knobs, rest = split_extra_config(given)
+        try:
+            faults = parse_fault_config(rest)
+        except HiCacheError as exc:
+            raise ControllerError(f"Reject attach: {exc}") from exc
+        return AttachSpec(backend, given, strip_fault_key(rest), knobs, faults)
+
+    def _check_idle(self, op: str) -> None:
+        why = self.idle_check() if self.idle_check is not None else None
+        if why:
+            raise ControllerError(why if why.startswith("Reject") else f"Reject {op}: {why}")
+        sess = self._session
+        if sess is not None:
+            prefetches, backups = sess.pending()
+            if prefetches or backups:
+                raise ControllerError(
+                    f"Reject {op}: storage workers are not idle. #prefetch={prefetches} #backup={backups}"
+                )
+
+    def _bounded(self, what: str, fn: Callable[[], T], cleanup: Callable[[T], None]) -> T:
+        """Run ``fn`` within ``attach_timeout_s``; a late result is handed to ``cleanup``."""
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hicache-attach-r{self.rank}")
+        fut: Future[T] = pool.submit(fn)
+        pool.shutdown(wait=False)
+        try:
+            return fut.result(timeout=self.attach_timeout_s)
+        except FutureTimeout:
+            fut.add_done_callback(lambda f: cleanup(f.result()) if f.exception() is None else None)
+            raise TimeoutError(f"{what} took longer than attach_timeout_s={self.attach_timeout_s:g}") from None
+
+    def _build_session(self, spec: AttachSpec) -> Session:
+        """Create the backend, wrap it, register the host pool; a session not yet started."""
+        name = spec.backend
+        config = replace(self.storage_config, extra_config=spec.backend_extra)
+
+        def _quiet_close(b: HiCacheStorage) -> None:
+            try:
+                b.close()
+            except Exception:
+                log.debug("closing a late backend raised", exc_info=True)
+
+        try:
+            backend = self._bounded(
+                f"creating backend {name!r}",
+                lambda: create_backend(name, config, None, self.registry),
+                _quiet_close,
+            )
+        except HiCacheError as exc:
+            raise ControllerError(f"Reject attach: cannot create storage backend {name!r}: {exc}") from exc
+        except Exception as exc:
+            raise ControllerError(
+                f"Reject attach: cannot create storage backend {name!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if spec.faults is not None:
+            backend = FaultInjectingStorage(backend, spec.faults)
+        try:
+            self._bounded(
+                f"registering the host pool with {name!r}",
+                lambda: backend.register_mem_pool_host(self.host_pool),
+                lambda _none: None,
+            )
+        except Exception as exc:
+            _quiet_close(backend)
+            raise ControllerError(
+                f"Reject attach: storage backend {name!r} refused the host pool "
+                f"({self.host_pool.layout}): {type(exc).__name__}: {exc}"
+            ) from exc
+        return Session(
+            spec, backend, self.host_pool, rank=self.rank, key_suffix=self._suffix,
+            is_writer=self.storage_config.is_writer_rank, io_timeout_s=self.io_timeout_s,
+            metrics=self.metrics, report=self._on_report,
+        )
+
+    def _install(self, session: Session, spec: AttachSpec, reattach: bool = False) -> Session | None:
+        """Swap in a started session (admin lock held); quiesce and close the old one."""
+        self._stop_probing()
+        old = self._session
+        if old is not None:
+            old.stop(self.quiesce_timeout_s)  # request-path calls now see misses
+            self.metrics.detach("replace")
+        self._session = session
+        self._spec = spec
+        self._state = "attached"
+        self._generation += 1
+        self._reset_breaker()
+        session.open()
+        self.metrics.set_attached(True)
+        return old
+
+    def _note_error(self, message: str) -> None:
+        self._last_error = message
+        self._last_error_at = _now_iso()
+
+    def _reset_breaker(self) -> None:
+        with self._breaker_lock:
+            was_open = self._breaker.state == "open"
+            self._breaker = BreakerState(threshold=self._breaker.threshold, trips=self._breaker.trips)
+            self._tripping = False
+        if was_open:
+            self.metrics.breaker("closed")
+
+    # ---------------------------------------------------------------- breaker
+    def _on_report(self, session: Session, op: str, kind: str | None, detail: str) -> None:
+        if session is not self._session or kind == "shutdown":
+            return  # a stopping session's calls say nothing about the attached backend
+        if kind is None:
+            with self._breaker_lock:
+                self._breaker.consecutive_failures = 0
+            return
+        self.metrics.failure(op, kind)
+        self._note_error(f"{session.name}: {detail}")
+        with self._breaker_lock:
+            self._breaker.consecutive_failures += 1
+            trip = self._breaker.consecutive_failures >= self._breaker.threshold and not self._tripping
+            if trip:
+                self._tripping = True
+                count = self._breaker.consecutive_failures
+        if trip:
+            reason = f"{count} consecutive failed calls to {session.name!r}; last: {detail}"
+            threading.Thread(
+                target=self._trip, args=(session, reason), name=f"hicache-breaker-r{self.rank}", daemon=True
+            ).start()
+
+    def _trip(self, session: Session, reason: str) -> None:
+        with self._admin:
+            if self._session is not session:
+                return
+            self._session = None
+            self.metrics.set_attached(False)
+            log.warning("rank %d: circuit breaker open, detaching %r: %s", self.rank, session.name, reason)
+            session.stop(self.quiesce_timeout_s)
+            self._state = "degraded"
+            self._generation += 1
+            with self._breaker_lock:
+                self._breaker.state = "open"
+                self._breaker.trips += 1
+                self._breaker.opened_at = _now_iso()
+                self._breaker.reason = reason
+            self.metrics.breaker("open")
+            self.metrics.detach("breaker")
+            self._note_error(f"circuit breaker opened: {reason}")
+            if self.auto_reattach and self._spec is not None:
+                self._start_probing(self._generation, self._spec)
+
+    def _start_probing(self, generation: int, spec: AttachSpec) -> None:
+        stop = threading.Event()
+        self._probe_stop = stop
+        threading.Thread(
+            target=self._probe_loop, args=(generation, spec, stop), name=f"hicache-probe-r{self.rank}", daemon=True
+        ).start()
+
+    def _stop_probing(self) -> None:
+        if self._probe_stop is not None:
+            self._probe_stop.set()
+            self._probe_stop = None
+
+    def _probe_loop(self, generation: int, spec: AttachSpec, stop: threading.Event) -> None:
+        """Every ``probe_interval_s``: build a fresh instance, health-check it, re-attach."""
+        while not stop.wait(self.probe_interval_s):
+            if self._generation != generation:
+                return
+            error: str | None = None
+            session: Session | None = None
+            try:
+                session = self._build_session(spec)
+                out = session.health_check()
+                if not out.ok:
+                    error = f"health_check failed: {out.detail}"
+            except ControllerError as exc:
+                error = str(exc)
+            with self._breaker_lock:
+                self._breaker.probes += 1
+                self._breaker.last_probe_at = _now_iso()
+                self._breaker.last_probe_error = error
+            if error is not None or session is None:
+                if session is not None:
+                    session.discard(self.quiesce_timeout_s)
+                continue
+            with self._admin:
+                if self._generation != generation or stop.is_set() or self._state != "degraded":
+                    session.discard(self.quiesce_timeout_s)
+                    return
+                try:
+                    session.start()
+                except Exception as exc:
+                    session.discard(self.quiesce_timeout_s)
+                    with self._breaker_lock:
+                        self._breaker.last_probe_error = f"starting workers failed: {exc}"
+                    continue
+                self._install(session, spec)
+                self.metrics.attach(True, reattach=True)
+                log.warning("rank %d: backend %r is healthy again; re-attached", self.rank, spec.backend)
+                return
+
+    def __repr__(self) -> str:
+        spec = self._spec
+        return f"StorageController(rank={self.rank}, state={self._state}, backend={spec.backend if spec else None})"
+
+
+__all__ = ["PrefetchResult", "StorageController"]

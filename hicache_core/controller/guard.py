@@ -1,0 +1,141 @@
+"""Guarded backend calls: every call runs on an I/O thread with a timeout, nothing propagates.
+
+A call that raises, times out or answers with the wrong shape is a failure of kind
+``error``, ``timeout`` or ``bad_result``; the outcome goes to a report callback (metrics and
+the circuit breaker) and the caller gets ``CallOutcome(ok=False)``.
+
+Memory safety: a call that timed out may still be reading or writing host-pool pages. The
+caller passes ``on_late``; it runs when that call finally returns, and is where the pages
+are freed or handed back. Nothing is released while a backend may still touch it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+#: ``report(op, kind, detail)``; kind None means success.
+Report = Callable[[str, "str | None", str], None]
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    ok: bool
+    value: Any = None
+    kind: str | None = None  # failure kind when not ok
+    detail: str = ""
+
+
+class GuardedBackend:
+    """Runs calls on a small I/O pool with ``io_timeout_s`` each; see the module docstring."""
+
+    def __init__(self, io_timeout_s: float, report: Report, thread_name: str, workers: int = 4) -> None:
+        self.io_timeout_s = io_timeout_s
+        self._report = report
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
+        self._closed = threading.Event()
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return self._in_flight
+
+    def call(
+        self,
+        op: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        check: Callable[[Any], tuple[str, str] | None] | None = None,
+        on_late: Callable[[Any], None] | None = None,
+        report: bool = True,
+    ) -> CallOutcome:
+        """Run ``fn(*args)``; ``check(value)`` returns ``(kind, reason)`` when the answer is a failure.
+
+        ``on_late(value_or_None)`` runs once a timed-out call returns (None if it raised).
+        """
+        if self._closed.is_set():
+            return CallOutcome(False, kind="shutdown", detail="backend is being detached")
+        try:
+            fut: Future[Any] = self._executor.submit(self._run, fn, args)
+        except RuntimeError:  # executor shut down between the check and the submit
+            return CallOutcome(False, kind="shutdown", detail="backend is being detached")
+        try:
+            value = fut.result(timeout=self.io_timeout_s)
+        except FutureTimeout:
+            if on_late is not None:
+                fut.add_done_callback(lambda f: _late(f, on_late))
+            return self._fail(op, "timeout", f"{op} took longer than io_timeout_s={self.io_timeout_s:g}", report)
+        except Exception as exc:
+            return self._fail(op, "error", f"{op} raised {type(exc).__name__}: {exc}", report)
+        bad = check(value) if check is not None else None
+        if bad is not None:
+            return self._fail(op, bad[0], f"{op} {bad[1]}", report)
+        if report:
+            self._report(op, None, "")
+        return CallOutcome(True, value)
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+        with self._lock:
+            self._in_flight += 1
+        try:
+            return fn(*args)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _fail(self, op: str, kind: str, detail: str, report: bool) -> CallOutcome:
+        log.debug("backend call failed: %s", detail)
+        if report:
+            self._report(op, kind, detail)
+        return CallOutcome(False, kind=kind, detail=detail)
+
+    def shutdown(self) -> None:
+        """Refuse new calls; queued ones are cancelled, running ones finish on their own."""
+        self._closed.set()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _late(fut: Future[Any], on_late: Callable[[Any], None]) -> None:
+    try:
+        value = None if fut.cancelled() or fut.exception() is not None else fut.result()
+        on_late(value)
+    except Exception:
+        log.exception("releasing resources of a late backend call failed")
+
+
+def check_bool_list(count: int) -> Callable[[Any], tuple[str, str] | None]:
+    """A ``check`` for v1 calls: a list of ``count`` bools, not all False.
+
+    An answer with no page at all is a failure of kind ``pages`` (it counts towards the
+    breaker); a partial answer is a success whose False pages are counted separately.
+    """
+
+    def _check(value: Any) -> tuple[str, str] | None:
+        if not isinstance(value, (list, tuple)) or len(value) != count:
+            shown = f"a {type(value).__name__} of {len(value)}" if isinstance(value, (list, tuple)) else repr(value)[:60]
+            return "bad_result", f"returned {shown} instead of a list of {count} bools"
+        if count and not any(value):
+            return "pages", f"failed all {count} pages"
+        return None
+
+    return _check
+
+
+def check_count(limit: int) -> Callable[[Any], tuple[str, str] | None]:
+    """A ``check`` for ``batch_exists``: an int between 0 and ``limit``."""
+
+    def _check(value: Any) -> tuple[str, str] | None:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit:
+            return None
+        return "bad_result", f"returned {value!r} instead of a count between 0 and {limit}"
+
+    return _check

@@ -1,0 +1,185 @@
+"""Prometheus metrics of a storage controller.
+
+Every controller labels its series with ``rank``; controllers of one process may share a
+``CollectorRegistry`` (one family per metric, one child per rank) or each keep a private one.
+Plain counters are kept beside the Prometheus ones for ``status()``.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: GB/s buckets for the bandwidth histograms (page-sized transfers to RDMA-class links).
+_BANDWIDTH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, float("inf"))
+
+BREAKER_STATES = {"closed": 0, "open": 1}
+
+
+@dataclass
+class _Families:
+    prefetch_pages: Counter
+    prefetch_bytes: Counter
+    backup_pages: Counter
+    backup_bytes: Counter
+    backup_failed_pages: Counter
+    hit_tokens: Counter
+    prefetch_requests: Counter
+    failures: Counter
+    breaker_state: Gauge
+    breaker_trips: Counter
+    attached: Gauge
+    attach_total: Counter
+    detach_total: Counter
+    prefetch_bw: Histogram
+    backup_bw: Histogram
+    prefetch_bw_last: Gauge
+    backup_bw_last: Gauge
+
+
+def _make_families(registry: CollectorRegistry) -> _Families:
+    r = registry
+    return _Families(
+        prefetch_pages=Counter("hicache_prefetch_pages", "Pages loaded from L3 into L2", ["rank"], registry=r),
+        prefetch_bytes=Counter("hicache_prefetch_bytes", "Bytes loaded from L3 into L2", ["rank"], registry=r),
+        backup_pages=Counter("hicache_backup_pages", "Pages written from L2 to L3", ["rank"], registry=r),
+        backup_bytes=Counter("hicache_backup_bytes", "Bytes written from L2 to L3", ["rank"], registry=r),
+        backup_failed_pages=Counter(
+            "hicache_backup_failed_pages", "Pages a backup did not store", ["rank"], registry=r
+        ),
+        hit_tokens=Counter(
+            "hicache_l3_hit_tokens", "Tokens handed to requests from L3 prefetches", ["rank"], registry=r
+        ),
+        prefetch_requests=Counter(
+            "hicache_prefetch_requests", "Prefetch operations started", ["rank"], registry=r
+        ),
+        failures=Counter(
+            "hicache_backend_failures", "Failed backend calls by kind (error, timeout, bad_result, pages)",
+            ["rank", "op", "kind"], registry=r,
+        ),
+        breaker_state=Gauge("hicache_breaker_state", "Circuit breaker: 0 closed, 1 open", ["rank"], registry=r),
+        breaker_trips=Counter("hicache_breaker_trips", "Times the breaker opened", ["rank"], registry=r),
+        attached=Gauge("hicache_backend_attached", "1 while a backend is attached", ["rank"], registry=r),
+        attach_total=Counter("hicache_attach", "Attach operations by result", ["rank", "result"], registry=r),
+        detach_total=Counter("hicache_detach", "Detach operations by cause", ["rank", "cause"], registry=r),
+        prefetch_bw=Histogram(
+            "hicache_prefetch_bandwidth_gbps", "GB/s of each L3 -> L2 batch", ["rank"],
+            buckets=_BANDWIDTH_BUCKETS, registry=r,
+        ),
+        backup_bw=Histogram(
+            "hicache_backup_bandwidth_gbps", "GB/s of each L2 -> L3 batch", ["rank"],
+            buckets=_BANDWIDTH_BUCKETS, registry=r,
+        ),
+        prefetch_bw_last=Gauge(
+            "hicache_prefetch_bandwidth_last_gbps", "GB/s of the last L3 -> L2 batch", ["rank"], registry=r
+        ),
+        backup_bw_last=Gauge(
+            "hicache_backup_bandwidth_last_gbps", "GB/s of the last L2 -> L3 batch", ["rank"], registry=r
+        ),
+    )
+
+
+_FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
+_FAMILIES_LOCK = threading.Lock()
+
+
+def _families_for(registry: CollectorRegistry) -> _Families:
+    with _FAMILIES_LOCK:
+        fams = _FAMILIES.get(registry)
+        if fams is None:
+            fams = _make_families(registry)
+            _FAMILIES[registry] = fams
+        return fams
+
+
+class ControllerMetrics:
+    """The metrics of one controller (one rank)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, rank: int = 0) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.rank = str(rank)
+        self._f = _families_for(self.registry)
+        self._lock = threading.Lock()
+        self.counters: dict[str, float] = {
+            "prefetch_requests": 0, "prefetch_pages": 0, "prefetch_bytes": 0, "hit_tokens": 0,
+            "backup_requests": 0, "backup_pages": 0, "backup_bytes": 0, "backup_failed_pages": 0,
+            "failures": 0, "timeouts": 0, "attaches": 0, "attach_failures": 0, "detaches": 0,
+            "breaker_trips": 0, "reattaches": 0,
+        }
+        self._f.breaker_state.labels(rank=self.rank).set(0)
+        self._f.attached.labels(rank=self.rank).set(0)
+
+    def _add(self, name: str, value: float = 1) -> None:
+        with self._lock:
+            self.counters[name] += value
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return {k: (int(v) if float(v).is_integer() else v) for k, v in self.counters.items()}
+
+    # -------------------------------------------------------------- events
+    def prefetch_started(self) -> None:
+        self._add("prefetch_requests")
+        self._f.prefetch_requests.labels(rank=self.rank).inc()
+
+    def prefetched(self, pages: int, nbytes: int, seconds: float) -> None:
+        self._add("prefetch_pages", pages)
+        self._add("prefetch_bytes", nbytes)
+        self._f.prefetch_pages.labels(rank=self.rank).inc(pages)
+        self._f.prefetch_bytes.labels(rank=self.rank).inc(nbytes)
+        if nbytes and seconds > 0:
+            gbps = nbytes / seconds / 1e9
+            self._f.prefetch_bw.labels(rank=self.rank).observe(gbps)
+            self._f.prefetch_bw_last.labels(rank=self.rank).set(gbps)
+
+    def hit(self, tokens: int) -> None:
+        self._add("hit_tokens", tokens)
+        self._f.hit_tokens.labels(rank=self.rank).inc(tokens)
+
+    def backup_started(self) -> None:
+        self._add("backup_requests")
+
+    def backed_up(self, pages: int, failed_pages: int, nbytes: int, seconds: float) -> None:
+        self._add("backup_pages", pages)
+        self._add("backup_bytes", nbytes)
+        self._add("backup_failed_pages", failed_pages)
+        self._f.backup_pages.labels(rank=self.rank).inc(pages)
+        self._f.backup_bytes.labels(rank=self.rank).inc(nbytes)
+        if failed_pages:
+            self._f.backup_failed_pages.labels(rank=self.rank).inc(failed_pages)
+        if nbytes and seconds > 0:
+            gbps = nbytes / seconds / 1e9
+            self._f.backup_bw.labels(rank=self.rank).observe(gbps)
+            self._f.backup_bw_last.labels(rank=self.rank).set(gbps)
+
+    def failure(self, op: str, kind: str) -> None:
+        self._add("timeouts" if kind == "timeout" else "failures")
+        self._f.failures.labels(rank=self.rank, op=op, kind=kind).inc()
+
+    def breaker(self, state: str) -> None:
+        self._f.breaker_state.labels(rank=self.rank).set(BREAKER_STATES[state])
+        if state == "open":
+            self._add("breaker_trips")
+            self._f.breaker_trips.labels(rank=self.rank).inc()
+
+    def attach(self, ok: bool, reattach: bool = False) -> None:
+        self._add("attaches" if ok else "attach_failures")
+        if reattach and ok:
+            self._add("reattaches")
+        result = ("reattach" if reattach else "ok") if ok else "failed"
+        self._f.attach_total.labels(rank=self.rank, result=result).inc()
+
+    def set_attached(self, attached: bool) -> None:
+        self._f.attached.labels(rank=self.rank).set(1 if attached else 0)
+
+    def detach(self, cause: str) -> None:
+        self._add("detaches")
+        self._f.detach_total.labels(rank=self.rank, cause=cause).inc()
+
+    def sample(self, name: str, labels: dict[str, str] | None = None) -> float | None:
+        """The current value of one series of this rank (``_total`` suffix for counters)."""
+        return self.registry.get_sample_value(name, {"rank": self.rank, **(labels or {})})

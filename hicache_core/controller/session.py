@@ -1,0 +1,376 @@
+"""One attached backend at work: its prefetch and backup worker threads and their queues.
+
+A session is built (backend created, wrapped, host pool registered), started (threads
+running, not yet accepting), opened (accepting requests) and finally stopped (quiesced:
+queued work answered with misses, in-flight work finished within a bound, backend closed).
+The controller swaps sessions; a session never outlives one attachment.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from hicache_core.controller.faults import FaultConfig, FaultInjectingStorage
+from hicache_core.controller.guard import CallOutcome, GuardedBackend, check_bool_list, check_count
+from hicache_core.controller.metrics import ControllerMetrics
+from hicache_core.controller.policies import PrefetchKnobs
+from hicache_core.controller.prefetch import PrefetchOperation
+from hicache_core.spec.config import HiCacheStorageExtraInfo
+from hicache_core.spec.storage import HiCacheStorage
+
+if TYPE_CHECKING:
+    from hicache_core.memory.host_pool import HostKVPool
+
+log = logging.getLogger(__name__)
+
+#: SGLang issues L3 I/O in batches of at most this many pages.
+BATCH_PAGES = 128
+
+#: ``report(session, op, kind, detail)``: kind None = success.
+SessionReport = Callable[["Session", str, "str | None", str], None]
+
+
+@dataclass(frozen=True)
+class AttachSpec:
+    """What an attach asked for, split into the backend's part and the controller's part."""
+
+    backend: str
+    extra_config: dict[str, Any]  # as given (knobs and fault keys included)
+    backend_extra: dict[str, Any]  # what the backend sees
+    knobs: PrefetchKnobs
+    faults: FaultConfig | None
+
+    def same_backend(self, other: AttachSpec) -> bool:
+        """Same backend and backend configuration (knobs and policies may differ)."""
+        return (self.backend, self.backend_extra, self.faults) == (other.backend, other.backend_extra, other.faults)
+
+
+class _Once:
+    """Calls ``fn(results)`` at most once; exceptions from it are logged, never raised."""
+
+    def __init__(self, fn: Callable[[list[bool]], object] | None) -> None:
+        self._fn = fn
+        self._lock = threading.Lock()
+        self._called = False
+
+    def __call__(self, results: list[bool]) -> None:
+        with self._lock:
+            if self._called:
+                return
+            self._called = True
+        if self._fn is None:
+            return
+        try:
+            self._fn(results)
+        except Exception:
+            log.exception("backup on_done callback raised")
+
+
+@dataclass
+class BackupJob:
+    page_hashes: list[str]
+    keys: list[str]
+    host_indices: torch.Tensor
+    on_done: _Once
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+class Session:
+    """See the module docstring."""
+
+    def __init__(
+        self,
+        spec: AttachSpec,
+        backend: HiCacheStorage,
+        pool: HostKVPool,
+        *,
+        rank: int,
+        key_suffix: str,
+        is_writer: bool,
+        io_timeout_s: float,
+        metrics: ControllerMetrics,
+        report: SessionReport,
+    ) -> None:
+        self.spec = spec
+        self.knobs = spec.knobs
+        self.backend = backend
+        self.pool = pool
+        self.rank = rank
+        self.key_suffix = key_suffix
+        self.is_writer = is_writer
+        self.metrics = metrics
+        self.attached_at = time.time()
+        self._report = report
+        self.guard = GuardedBackend(io_timeout_s, self._report_call, thread_name=f"hicache-io-r{rank}")
+        self._lock = threading.Lock()
+        self._accepting = False
+        self._stopping = threading.Event()
+        self._pq: queue.Queue[PrefetchOperation | None] = queue.Queue()
+        self._bq: queue.Queue[BackupJob | None] = queue.Queue()
+        self._current_op: PrefetchOperation | None = None
+        self._busy_backup = False
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def name(self) -> str:
+        return self.spec.backend
+
+    @property
+    def fault_injector(self) -> FaultInjectingStorage | None:
+        return self.backend if isinstance(self.backend, FaultInjectingStorage) else None
+
+    def _report_call(self, op: str, kind: str | None, detail: str) -> None:
+        self._report(self, op, kind, detail)
+
+    def keys(self, hashes: list[str]) -> list[str]:
+        return [h + self.key_suffix for h in hashes]
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        """Start the worker threads (they wait for work; nothing is accepted yet)."""
+        for name, target in (("prefetch", self._prefetch_loop), ("backup", self._backup_loop)):
+            t = threading.Thread(target=target, name=f"hicache-{name}-r{self.rank}-{self.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def open(self) -> None:
+        with self._lock:
+            self._accepting = True
+
+    def pending(self) -> tuple[int, int]:
+        """(prefetches, backups) queued or in flight."""
+        with self._lock:
+            return (
+                self._pq.qsize() + (1 if self._current_op is not None else 0),
+                self._bq.qsize() + (1 if self._busy_backup else 0),
+            )
+
+    def stop(self, bound_s: float) -> None:
+        """Quiesce and close: see the module docstring. Returns within about ``bound_s`` x 2."""
+        with self._lock:
+            self._accepting = False
+            self._stopping.set()
+            current = self._current_op
+        if current is not None:
+            current.finish("backend detached")
+        for op in _drain(self._pq):
+            op.finish("backend detached")
+        for job in _drain(self._bq):
+            job.on_done([False] * len(job.keys))
+        self._pq.put(None)
+        self._bq.put(None)
+        deadline = time.monotonic() + bound_s
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                log.warning("%s did not stop within %.1f s; leaving it to finish on its own", t.name, bound_s)
+        self.guard.shutdown()
+        self.close_backend(bound_s)
+
+    def close_backend(self, bound_s: float) -> None:
+        """Close the backend on a helper thread, waiting at most ``bound_s``."""
+
+        def _close() -> None:
+            try:
+                self.backend.close()
+            except Exception:
+                log.warning("closing backend %r raised", self.name, exc_info=True)
+
+        t = threading.Thread(target=_close, name=f"hicache-close-r{self.rank}", daemon=True)
+        t.start()
+        t.join(bound_s)
+        if t.is_alive():
+            log.warning("closing backend %r takes longer than %.1f s; not waiting", self.name, bound_s)
+
+    def discard(self, bound_s: float) -> None:
+        """Throw away a session that was built but never opened."""
+        self.stop(bound_s)
+
+    # -------------------------------------------------------------- request side
+    def submit_prefetch(self, op: PrefetchOperation) -> bool:
+        with self._lock:
+            if not self._accepting:
+                return False
+            self._pq.put(op)
+            return True
+
+    def submit_backup(self, job: BackupJob) -> bool:
+        with self._lock:
+            if not self._accepting:
+                return False
+            self._bq.put(job)
+            return True
+
+    def health_check(self) -> CallOutcome:
+        return self.guard.call("health_check", self.backend.health_check, report=False)
+
+    # -------------------------------------------------------------- prefetch worker
+    def _prefetch_loop(self) -> None:
+        while True:
+            op = self._pq.get()
+            if op is None:
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    op.finish("backend detached")
+                    continue
+                self._current_op = op
+            try:
+                op.finish(self._run_prefetch(op))
+            except Exception as exc:  # a bug here must not kill the worker
+                log.exception("prefetch failed")
+                op.finish(f"prefetch failed: {type(exc).__name__}: {exc}")
+            finally:
+                with self._lock:
+                    self._current_op = None
+
+    def _alloc(self, want: int) -> tuple[int, torch.Tensor] | None:
+        """Host pages for up to ``want`` pages: fewer when the pool is short, None when empty."""
+        ps = self.pool.page_size
+        n = want
+        while n > 0:
+            idx = self.pool.alloc(n * ps)
+            if idx is not None:
+                return n, idx
+            n = min(want, self.pool.available_size() // ps)
+        return None
+
+    def _free_late(self, indices: torch.Tensor) -> Callable[[Any], None]:
+        def _free(_value: Any) -> None:
+            self.pool.free(indices)
+
+        return _free
+
+    def _run_prefetch(self, op: PrefetchOperation) -> str:
+        """Load the leading pages of ``op``; returns why it stopped ('' = all loaded)."""
+        ps = self.pool.page_size
+        keys = self.keys(op.page_hashes)
+        prefix = self.keys(op.prefix_hashes)
+        out = self.guard.call(
+            "batch_exists", self.backend.batch_exists, keys, HiCacheStorageExtraInfo(prefix_keys=prefix),
+            check=check_count(len(keys)),
+        )
+        if not out.ok:
+            return out.detail
+        hit = int(out.value)
+        op.set_hit_pages(hit)
+        if hit * ps < self.knobs.prefetch_threshold:
+            return f"{hit * ps} tokens in L3, below prefetch_threshold {self.knobs.prefetch_threshold}"
+        loaded_prefix = list(prefix)
+        for start in range(0, hit, BATCH_PAGES):
+            if self._stopping.is_set() or not op.wanted():
+                return "stopped"
+            want = min(hit, start + BATCH_PAGES) - start
+            got = self._alloc(want)
+            if got is None:
+                return "host pool full"
+            n, indices = got
+            batch = keys[start : start + n]
+            t0 = time.perf_counter()
+            out = self.guard.call(
+                "batch_get_v1", self.backend.batch_get_v1, batch, indices,
+                HiCacheStorageExtraInfo(prefix_keys=list(loaded_prefix)),
+                check=check_bool_list(n),
+                on_late=self._free_late(indices),
+            )
+            elapsed = time.perf_counter() - t0
+            if not out.ok:
+                if out.kind != "timeout":  # a timed-out call frees its pages when it returns
+                    self.pool.free(indices)
+                return out.detail
+            good = _leading_true(out.value)
+            if good < n:
+                self.pool.free(indices[good * ps :])
+                self.metrics.failure("batch_get_v1", "pages")
+            if good:
+                keep = indices[: good * ps]
+                self.metrics.prefetched(good, good * self.pool.page_bytes, elapsed)
+                if not op.deliver(op.page_hashes[start : start + good], keep):
+                    self.pool.free(keep)
+            if good < n:
+                return f"page {start + good} failed to load; hit truncated to {start + good} pages"
+            if n < want:
+                return f"host pool full after {start + n} pages"
+            loaded_prefix.extend(batch)
+        return ""
+
+    # -------------------------------------------------------------- backup worker
+    def _backup_loop(self) -> None:
+        while True:
+            job = self._bq.get()
+            if job is None:
+                return
+            with self._lock:
+                self._busy_backup = True
+            try:
+                self._run_backup(job)
+            except Exception:
+                log.exception("backup failed")
+                job.on_done([False] * len(job.keys))
+            finally:
+                with self._lock:
+                    self._busy_backup = False
+
+    def _run_backup(self, job: BackupJob) -> None:
+        ps = self.pool.page_size
+        total = len(job.keys)
+        results = [False] * total
+        for start in range(0, total, BATCH_PAGES):
+            if self._stopping.is_set():
+                break
+            end = min(total, start + BATCH_PAGES)
+            batch = job.keys[start:end]
+            idx = job.host_indices[start * ps : end * ps]
+
+            def _late(value: Any, start: int = start, end: int = end) -> None:
+                # The timed-out batch returned: record what landed, then release the caller.
+                if isinstance(value, (list, tuple)) and len(value) == end - start:
+                    results[start:end] = [bool(v) for v in value]
+                job.on_done(results)
+
+            t0 = time.perf_counter()
+            out = self.guard.call(
+                "batch_set_v1", self.backend.batch_set_v1, batch, idx, None,
+                check=check_bool_list(end - start), on_late=_late,
+            )
+            elapsed = time.perf_counter() - t0
+            if out.ok:
+                oks = [bool(v) for v in out.value]
+                results[start:end] = oks
+                stored = sum(oks)
+                if stored < len(oks):
+                    self.metrics.failure("batch_set_v1", "pages")
+                self.metrics.backed_up(stored, len(oks) - stored, stored * self.pool.page_bytes, elapsed)
+            else:
+                self.metrics.backed_up(0, end - start, 0, elapsed)
+                if out.kind == "timeout":
+                    return  # on_done runs when the call returns (the pages are still being read)
+        job.on_done(results)
+
+
+def _leading_true(values: Any) -> int:
+    count = 0
+    for v in values:
+        if not v:
+            break
+        count += 1
+    return count
+
+
+def _drain(q: queue.Queue[Any]) -> list[Any]:
+    items: list[Any] = []
+    while True:
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return items
+        if item is not None:
+            items.append(item)
