@@ -1,0 +1,93 @@
+"""The on-disk format of one page file: a 32-byte header, then the page bytes.
+
+Header, little-endian::
+
+    magic      4s   b"HCKV"
+    version    u8   1
+    algorithm  u8   1 = crc32 (zlib), 2 = xxh3-64 (xxhash)
+    hdr_size   u16  32
+    length     u64  payload bytes that follow the header
+    checksum   u64  of the payload, by ``algorithm``
+    key_check  u64  of the storage key (key + namespace suffix), by ``algorithm``
+
+A page is served only when the file is exactly ``32 + length`` bytes, ``length`` is the host
+pool's page size, the key check matches the key asked for, and the checksum matches. Anything
+else (a truncated file, a flipped bit, a page of another pool shape, a file copied under the
+wrong name) is a miss.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+try:  # a declared dependency; the fallback keeps a broken install readable for crc32 files
+    import xxhash
+
+    _HAS_XXHASH = True
+except ImportError:  # pragma: no cover - exercised only without the dependency
+    _HAS_XXHASH = False
+
+MAGIC = b"HCKV"
+FORMAT_VERSION = 1
+HEADER = struct.Struct("<4sBBHQQQ")
+HEADER_SIZE = HEADER.size  # 32
+ALGO_CRC32 = 1
+ALGO_XXH3 = 2
+ALGORITHMS = {"crc32": ALGO_CRC32, "xxh3": ALGO_XXH3}
+
+Buffer = Any  # bytes-like: bytes, memoryview, numpy array
+
+
+def algorithm_id(name: str) -> int:
+    if name == "xxh3" and not _HAS_XXHASH:
+        return ALGO_CRC32
+    return ALGORITHMS[name]
+
+
+def checksum(algorithm: int, pieces: Sequence[Buffer]) -> int:
+    """Checksum of the concatenation of ``pieces`` (no copy is made to join them)."""
+    if algorithm == ALGO_XXH3:
+        if len(pieces) == 1:
+            return int(xxhash.xxh3_64_intdigest(pieces[0]))
+        h = xxhash.xxh3_64()
+        for piece in pieces:
+            h.update(piece)
+        return int(h.intdigest())
+    if algorithm == ALGO_CRC32:
+        crc = 0
+        for piece in pieces:
+            crc = zlib.crc32(piece, crc)
+        return crc
+    raise ValueError(f"unknown checksum algorithm {algorithm}")
+
+
+def key_check(algorithm: int, key: str) -> int:
+    data = key.encode()
+    if algorithm == ALGO_XXH3:
+        return int(xxhash.xxh3_64_intdigest(data))
+    return zlib.crc32(data)
+
+
+def pack_header(algorithm: int, length: int, payload_checksum: int, key: str) -> bytes:
+    return HEADER.pack(MAGIC, FORMAT_VERSION, algorithm, HEADER_SIZE, length, payload_checksum, key_check(algorithm, key))
+
+
+def check_header(header: Buffer, key: str, expected_length: int | None) -> tuple[int, int, int] | str:
+    """``(algorithm, length, checksum)`` when the header is sound for ``key``, else why not."""
+    magic, version, algorithm, hdr_size, length, payload_checksum, kcheck = HEADER.unpack_from(header)
+    if magic != MAGIC:
+        return "bad magic"
+    if version != FORMAT_VERSION or hdr_size != HEADER_SIZE:
+        return f"unsupported format version {version}"
+    if algorithm == ALGO_XXH3 and not _HAS_XXHASH:
+        return "xxh3 checksum but xxhash is not installed"
+    if algorithm not in (ALGO_CRC32, ALGO_XXH3):
+        return f"unknown checksum algorithm {algorithm}"
+    if expected_length is not None and length != expected_length:
+        return f"page of {length} bytes, this pool's pages are {expected_length}"
+    if kcheck != key_check(algorithm, key):
+        return "file holds another key"
+    return algorithm, length, payload_checksum
