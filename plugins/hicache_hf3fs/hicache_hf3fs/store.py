@@ -82,6 +82,19 @@ def choose_client(settings: Hf3fsSettings, path: str, mount: Mount | None, usrbi
     )
 
 
+def metadata_namespace(path: str, mount: Mount | None) -> str:
+    """The name under which the shared service indexes a rank file.
+
+    On 3FS: the path inside the mount (``3fs:/kv/hicache.0.bin``), the same on every node
+    whatever its mount point. Elsewhere: the absolute real path, shared only on one machine.
+    """
+    real = os.path.realpath(os.path.abspath(path))
+    if mount is not None:
+        inside = os.path.relpath(real, os.path.realpath(mount.mount_point))
+        return "3fs:/" + inside
+    return real
+
+
 class Hf3fsStore(HiCacheStorage):
     """Pages in pre-sized rank files on 3FS (or plain files, when asked), indexed by slot."""
 
@@ -99,6 +112,7 @@ class Hf3fsStore(HiCacheStorage):
         self.suffix = cfg.namespace_suffix()
         self.is_writer = cfg.is_writer_rank
         self.mount = hf3fs_mount_of(self.file_path)
+        self.namespace = metadata_namespace(self.file_path, self.mount)
         self.client_kind = choose_client(self.settings, self.file_path, self.mount, usrbio_importable())
         self.metadata = self._open_metadata()
         self.io: PageIOClient | None = None
@@ -121,7 +135,7 @@ class Hf3fsStore(HiCacheStorage):
         if s.metadata_server_url:
             from hicache_hf3fs.metadata.remote import RemotePageMetadata
 
-            remote = RemotePageMetadata(s.metadata_server_url, os.path.basename(self.file_path), s.client_timeout)
+            remote = RemotePageMetadata(s.metadata_server_url, self.namespace, s.client_timeout)
             try:
                 remote.health()
             except MetadataUnavailable as exc:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
@@ -19,13 +18,12 @@ class RemotePageMetadata(PageMetadata):
     def __init__(self, url: str, namespace: str, timeout: float = 5.0) -> None:
         self.url = url.rstrip("/")
         self.namespace = namespace
-        self._prefix = f"/v1/namespaces/{quote(namespace, safe='')}"
         # One pooled, thread-safe client; the backend calls it from several threads.
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def _post(self, op: str, body: dict[str, Any] | None = None) -> Any:
         try:
-            resp = self._http.post(f"{self._prefix}/{op}", json=body or {})
+            resp = self._http.post(f"/v1/{op}", json={"namespace": self.namespace, **(body or {})})
         except httpx.HTTPError as exc:
             raise MetadataUnavailable(f"hf3fs metadata service {self.url}: {op} failed: {exc}") from exc
         if resp.status_code == 409:
@@ -77,7 +75,7 @@ class RemotePageMetadata(PageMetadata):
 
     def stats(self) -> dict[str, Any]:
         try:
-            resp = self._http.get(f"{self._prefix}/stats")
+            resp = self._http.get("/v1/stats", params={"namespace": self.namespace})
             body = resp.json() if resp.status_code == 200 else {"error": resp.status_code}
         except httpx.HTTPError as exc:
             body = {"error": str(exc)}

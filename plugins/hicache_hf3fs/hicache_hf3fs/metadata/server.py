@@ -28,30 +28,38 @@ from hicache_hf3fs.metadata.index import PageIndex, SlotRef
 
 log = logging.getLogger(__name__)
 
-API = "/v1/namespaces/{namespace}"
 
 
 class InitBody(BaseModel):
+    namespace: str
     num_pages: int = Field(gt=0)
     page_bytes: int = Field(gt=0)
     write_lease_seconds: float = Field(default=120.0, gt=0)
 
 
+class NamespaceBody(BaseModel):
+    namespace: str
+
+
 class KeysBody(BaseModel):
+    namespace: str
     keys: list[str]
 
 
 class AllocateBody(BaseModel):
+    namespace: str
     keys: list[str]
     parents: list[str | None] | None = None
 
 
 class ConfirmBody(BaseModel):
+    namespace: str
     written: list[tuple[str, int, int]] = []
     aborted: list[tuple[str, int, int]] = []
 
 
 class RefsBody(BaseModel):
+    namespace: str
     refs: list[tuple[str, int, int]]
 
 
@@ -163,69 +171,69 @@ def create_app(state: MetadataState | None = None) -> FastAPI:
                     out[name] = ns.index.stats()
         return {"namespaces": out}
 
-    @app.post(API + "/initialize")
-    def initialize(namespace: str, body: InitBody) -> dict[str, Any]:
-        return {"created": st.initialize(namespace, body)}
+    @app.post("/v1/initialize")
+    def initialize(body: InitBody) -> dict[str, Any]:
+        return {"created": st.initialize(body.namespace, body)}
 
-    @app.post(API + "/allocate")
-    def allocate(namespace: str, body: AllocateBody) -> dict[str, Any]:
+    @app.post("/v1/allocate")
+    def allocate(body: AllocateBody) -> dict[str, Any]:
         parents = body.parents if body.parents is not None else [None] * len(body.keys)
         if len(parents) != len(body.keys):
             raise HTTPException(422, f"{len(body.keys)} keys but {len(parents)} parents")
-        ns = st.require(namespace)
+        ns = st.require(body.namespace)
         with ns.lock:
             allocations = ns.index.allocate(body.keys, parents)
         return {"allocations": [a.to_list() for a in allocations]}
 
-    @app.post(API + "/confirm")
-    def confirm(namespace: str, body: ConfirmBody) -> dict[str, Any]:
-        ns = st.require(namespace)
+    @app.post("/v1/confirm")
+    def confirm(body: ConfirmBody) -> dict[str, Any]:
+        ns = st.require(body.namespace)
         with ns.lock:
             done = ns.index.confirm(_refs(body.written), _refs(body.aborted))
         return {"confirmed": done}
 
-    @app.post(API + "/lookup")
-    def lookup(namespace: str, body: KeysBody) -> dict[str, Any]:
-        ns = st.get(namespace)
+    @app.post("/v1/lookup")
+    def lookup(body: KeysBody) -> dict[str, Any]:
+        ns = st.get(body.namespace)
         if ns is None:
             return {"refs": [None] * len(body.keys)}
         with ns.lock:
             refs = ns.index.lookup(body.keys)
         return {"refs": [r.to_list() if r is not None else None for r in refs]}
 
-    @app.post(API + "/validate")
-    def validate(namespace: str, body: RefsBody) -> dict[str, Any]:
-        ns = st.get(namespace)
+    @app.post("/v1/validate")
+    def validate(body: RefsBody) -> dict[str, Any]:
+        ns = st.get(body.namespace)
         if ns is None:
             return {"valid": [False] * len(body.refs)}
         with ns.lock:
             return {"valid": ns.index.validate(_refs(body.refs))}
 
-    @app.post(API + "/exists")
-    def exists(namespace: str, body: KeysBody) -> dict[str, Any]:
-        ns = st.get(namespace)
+    @app.post("/v1/exists")
+    def exists(body: KeysBody) -> dict[str, Any]:
+        ns = st.get(body.namespace)
         if ns is None:
             return {"exists": [False] * len(body.keys)}
         with ns.lock:
             return {"exists": ns.index.exists(body.keys)}
 
-    @app.post(API + "/delete")
-    def delete(namespace: str, body: KeysBody) -> dict[str, Any]:
-        ns = st.get(namespace)
+    @app.post("/v1/delete")
+    def delete(body: KeysBody) -> dict[str, Any]:
+        ns = st.get(body.namespace)
         if ns is None:
             return {"deleted": 0}
         with ns.lock:
             return {"deleted": ns.index.delete(body.keys)}
 
-    @app.post(API + "/clear")
-    def clear(namespace: str) -> dict[str, Any]:
-        ns = st.get(namespace)
+    @app.post("/v1/clear")
+    def clear(body: NamespaceBody) -> dict[str, Any]:
+        ns = st.get(body.namespace)
         if ns is not None:
             with ns.lock:
                 ns.index.clear()
         return {"cleared": ns is not None}
 
-    @app.get(API + "/stats")
+    @app.get("/v1/stats")
     def stats(namespace: str) -> dict[str, Any]:
         ns = st.require(namespace)
         with ns.lock:
