@@ -28,7 +28,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -270,7 +270,7 @@ class FileStore(HiCacheStorage):
         with self._lock:
             self._index.load(entries)
             self._stats["stale_tmp_removed"] += removed_tmp
-            self._evict_locked()
+            self._stats["evictions"] += self._evict_locked()
 
     @staticmethod
     def _tmp_is_stale(name: str, mtime: float, now: float) -> bool:
@@ -315,7 +315,7 @@ class FileStore(HiCacheStorage):
         header = bytearray(HEADER_SIZE)
         try:
             # One extra byte past the page tells a file that is too long in the same call.
-            bufs = [header, *views, bytearray(1)]
+            bufs: list[Any] = [header, *views, bytearray(1)]
             # A regular file fills every buffer up to its end, so one call suffices.
             n = os.preadv(fd, bufs, 0) if len(bufs) <= _IOV_MAX else _preadv_all(fd, bufs, 0)
             why = ""
@@ -392,7 +392,7 @@ class FileStore(HiCacheStorage):
         return out
 
     # ------------------------------------------------------------------ writing
-    def _write_tmp(self, rel: str, full: str, pieces: Sequence[Any], stats: Counter[str]) -> tuple[str, int] | None:
+    def _write_tmp(self, rel: str, full: str, pieces: list[Any], stats: Counter[str]) -> tuple[str, int] | None:
         """Write a page to a new temporary file next to its final name; ``(tmp, bytes)``."""
         length = sum(memoryview(p).nbytes for p in pieces)
         if not self._index.fits(HEADER_SIZE + length):
@@ -419,7 +419,7 @@ class FileStore(HiCacheStorage):
             else:
                 n = _pwritev_all(fd, [header, pieces[0]], 0)
                 hook()
-                n += _pwritev_all(fd, list(pieces[1:]), n)
+                n += _pwritev_all(fd, pieces[1:], n)
             if n != HEADER_SIZE + length:
                 raise OSError(f"short write: {n} of {HEADER_SIZE + length} bytes")
             if self.settings.fsync:
@@ -433,7 +433,7 @@ class FileStore(HiCacheStorage):
         os.close(fd)
         return tmp, HEADER_SIZE + length
 
-    def _set_pages(self, items: list[tuple[str, Sequence[Any]]]) -> list[bool]:
+    def _set_pages(self, items: list[tuple[str, list[Any]]]) -> list[bool]:
         if not self.is_writer:
             # MLA: every rank holds the same KV and rank 0 stores it.
             self._merge(Counter(skipped_not_writer=len(items)))
@@ -499,7 +499,7 @@ class FileStore(HiCacheStorage):
             return []
         views = self._views
         assert views is not None
-        items = [(k, views.views(p)) for k, p in zip(keys, pool.indices_to_pages(host_indices))]
+        items: list[tuple[str, list[Any]]] = [(k, views.views(p)) for k, p in zip(keys, pool.indices_to_pages(host_indices))]
         return self._map_batch(self._set_pages, items)
 
     # ------------------------------------------------------------------ single-key and legacy
@@ -528,7 +528,7 @@ class FileStore(HiCacheStorage):
             dtype = pool.dtype if pool is not None and expected % pool.itemsize == 0 else torch.uint8
             target = torch.empty(expected // dtype.itemsize, dtype=dtype)
         raw = target.view(-1).view(torch.uint8)
-        ok = self._read_into(rel, full, [memoryview(raw.numpy())], raw.numel(), stats)
+        ok = self._read_into(rel, full, [_bytes_view(raw)], raw.numel(), stats)
         if ok:
             self._touch_hits([rel])
         self._merge(stats)
@@ -549,13 +549,14 @@ class FileStore(HiCacheStorage):
         """Store each flat page tensor; True only when every page is stored."""
         if values is None:
             return False
-        items: list[tuple[str, Sequence[Any]]] = []
+        items: list[tuple[str, list[Any]]] = []
         for key, value in zip(keys, values):
             if not isinstance(value, torch.Tensor):
                 return False
             raw = value.detach().to("cpu").contiguous().view(-1).view(torch.uint8)
-            items.append((key, [memoryview(raw.numpy())]))
-        return len(items) == len(keys) and all(self._map_batch(self._set_pages, items))
+            items.append((key, [_bytes_view(raw)]))
+        stored: list[bool] = self._map_batch(self._set_pages, items)
+        return len(items) == len(keys) and all(stored)
 
     def exists(self, key: str) -> bool:
         """True when a page file of the right size is there (the data is not read)."""
@@ -604,6 +605,11 @@ class FileStore(HiCacheStorage):
 
     def __repr__(self) -> str:
         return f"FileStore({self.namespace_dir!r}, pages={len(self._index)})"
+
+
+def _bytes_view(raw: torch.Tensor) -> memoryview:
+    """A writable memoryview of a contiguous CPU uint8 tensor, sharing its memory."""
+    return memoryview(raw.numpy())  # type: ignore[arg-type]
 
 
 def _unlink_quietly(path: str) -> None:
