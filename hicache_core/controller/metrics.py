@@ -110,8 +110,15 @@ class ControllerMetrics:
             "failures": 0, "timeouts": 0, "attaches": 0, "attach_failures": 0, "detaches": 0,
             "breaker_trips": 0, "reattaches": 0,
         }
-        self._f.breaker_state.labels(rank=self.rank).set(0)
-        self._f.attached.labels(rank=self.rank).set(0)
+        f = self._f
+        # Create this rank's series now, so they read 0 (not absent) before anything happens.
+        for fam in (
+            f.prefetch_pages, f.prefetch_bytes, f.backup_pages, f.backup_bytes, f.backup_failed_pages,
+            f.hit_tokens, f.prefetch_requests, f.breaker_trips, f.prefetch_bw, f.backup_bw,
+        ):
+            fam.labels(rank=self.rank)
+        f.breaker_state.labels(rank=self.rank).set(0)
+        f.attached.labels(rank=self.rank).set(0)
 
     def _add(self, name: str, value: float = 1) -> None:
         with self._lock:

@@ -133,7 +133,7 @@ class PrefetchOperation:
                 host_indices=torch.cat(self._indices) if self._indices else torch.empty(0, dtype=torch.int64),
                 storage_hit_pages=max(self._hit_pages, len(self._hashes)),
                 complete=complete,
-                reason=self._reason if not complete else "",
+                reason=self._reason,
             )
             self._hashes, self._indices = [], []
         if self._on_taken is not None:

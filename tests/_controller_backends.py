@@ -1,0 +1,230 @@
+"""Real, small backends for the controller tests: a directory of files, and broken variants.
+
+``DirStore`` keeps one file per page under ``extra_config["root"]`` and reads straight into
+host-pool pages (``page_memoryviews`` + ``readinto``); writes go to a temporary file renamed
+into place, so a page on disk is always whole. ``POISON`` names keys whose reads fail, to
+provoke a failure in the middle of a batch. ``BATCHES`` records the size of every v1 call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from hicache_core import (
+    BackendRegistry,
+    BackendSpec,
+    Capabilities,
+    HiCacheStorage,
+    HiCacheStorageConfig,
+    HiCacheStorageExtraInfo,
+    HostKVPool,
+)
+from hicache_core.controller import StorageController
+
+#: Keys (full storage keys) whose reads fail with False.
+POISON: set[str] = set()
+#: (method, number of keys) of every v1 call, in order.
+BATCHES: list[tuple[str, int]] = []
+_LOCK = threading.Lock()
+
+PAGE_SIZE = 4
+
+
+class DirStore(HiCacheStorage):
+    """One file per page in a directory; a real file backend in ~60 lines."""
+
+    capabilities = Capabilities(zero_copy_v1=True, delete=True, clear=True, persistent=True)
+
+    def __init__(self, config: HiCacheStorageConfig) -> None:
+        super().__init__(config)
+        extra = config.extra()
+        if "root" not in extra:
+            raise ValueError("DirStore needs extra_config['root']")
+        self.root = Path(extra["root"])
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.closed = False
+
+    def _path(self, key: str) -> Path:
+        return self.root / key
+
+    def close(self) -> None:
+        self.closed = True
+
+    # single-key
+    def get(self, key: str, target_location: Any = None, target_sizes: Any = None) -> torch.Tensor | None:
+        try:
+            raw = self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        page = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+        if isinstance(target_location, torch.Tensor):
+            target_location.view(-1).view(torch.uint8).copy_(page)
+            return target_location
+        return page
+
+    def set(self, key: str, value: Any = None, target_location: Any = None, target_sizes: Any = None) -> bool:
+        if not isinstance(value, torch.Tensor):
+            return False
+        self._write(key, [memoryview(value.contiguous().view(-1).view(torch.uint8).numpy())])
+        return True
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def delete(self, key: str) -> bool:
+        self._path(key).unlink(missing_ok=True)
+        return True
+
+    def clear(self) -> None:
+        for p in self.root.iterdir():
+            p.unlink(missing_ok=True)
+
+    def _write(self, key: str, views: list[memoryview]) -> None:
+        tmp = self.root / f".{key}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as f:
+            for v in views:
+                f.write(v)
+        os.replace(tmp, self._path(key))
+
+    # zero-copy v1
+    def batch_get_v1(
+        self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
+    ) -> list[bool]:
+        pool = self._pool_for_v1(keys, host_indices)
+        with _LOCK:
+            BATCHES.append(("get", len(keys)))
+        out: list[bool] = []
+        for key, page in zip(keys, pool.indices_to_pages(host_indices)):
+            if key in POISON:
+                out.append(False)
+                continue
+            try:
+                with open(self._path(key), "rb") as f:
+                    ok = all(f.readinto(v) == len(v) for v in pool.page_memoryviews(page))  # type: ignore[arg-type]
+            except FileNotFoundError:
+                ok = False
+            out.append(ok)
+        return out
+
+    def batch_set_v1(
+        self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
+    ) -> list[bool]:
+        pool = self._pool_for_v1(keys, host_indices)
+        with _LOCK:
+            BATCHES.append(("set", len(keys)))
+        for key, page in zip(keys, pool.indices_to_pages(host_indices)):
+            self._write(key, pool.page_memoryviews(page))
+        return [True] * len(keys)
+
+
+class FailingCtorStore(DirStore):
+    """Its constructor raises, as a backend whose server is unreachable would."""
+
+    def __init__(self, config: HiCacheStorageConfig) -> None:
+        raise RuntimeError("cannot reach the storage server at 127.0.0.1:1")
+
+
+class PageLayoutStore(DirStore):
+    """Needs page-contiguous host memory: refuses a ``layer_first`` pool."""
+
+    capabilities = Capabilities(zero_copy_v1=True, persistent=True, requires_page_layout=True)
+
+    def register_mem_pool_host(self, mem_pool_host: HostKVPool) -> None:
+        mem_pool_host.require_page_layout("pagestore")
+        super().register_mem_pool_host(mem_pool_host)
+
+
+class FlakyPartialStore(DirStore):
+    """Stores only the even-numbered pages of each write batch (partial success)."""
+
+    def batch_set_v1(
+        self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
+    ) -> list[bool]:
+        pool = self._pool_for_v1(keys, host_indices)
+        out = []
+        for i, (key, page) in enumerate(zip(keys, pool.indices_to_pages(host_indices))):
+            if i % 2 == 0:
+                self._write(key, pool.page_memoryviews(page))
+            out.append(i % 2 == 0)
+        return out
+
+
+def make_registry() -> BackendRegistry:
+    """A registry with only the test backends (no installed plugins)."""
+    reg = BackendRegistry(entry_points_override=[])
+    mod = __name__
+    reg.register(BackendSpec(name="dirstore", target=f"{mod}:DirStore"))
+    reg.register(BackendSpec(name="dirstore2", target=f"{mod}:DirStore"))
+    reg.register(BackendSpec(name="brokenctor", target=f"{mod}:FailingCtorStore"))
+    reg.register(BackendSpec(name="pagestore", target=f"{mod}:PageLayoutStore"))
+    reg.register(BackendSpec(name="partial", target=f"{mod}:FlakyPartialStore"))
+    return reg
+
+
+def make_controller(pool: HostKVPool, **kwargs: Any) -> StorageController:
+    """A controller over the test registry with short timeouts (tests stay fast)."""
+    opts: dict[str, Any] = {
+        "registry": make_registry(), "io_timeout_s": 2.0, "quiesce_timeout_s": 2.0, "probe_interval_s": 0.1,
+    }
+    opts.update(kwargs)
+    config = opts.pop("storage_config", HiCacheStorageConfig(model_name="test-model"))
+    return StorageController(pool, config, **opts)
+
+
+def make_pool(layout: str = "page_first", pages: int = 512, is_mla: bool = False) -> HostKVPool:
+    return HostKVPool(
+        pages * PAGE_SIZE, PAGE_SIZE, layer_num=2, head_num=2, head_dim=8, dtype=torch.float32,
+        layout=layout, is_mla=is_mla, pin_memory=False,
+    )
+
+
+def page_content(pool: HostKVPool, page_hash: str) -> torch.Tensor:
+    """The deterministic content of the page named ``page_hash`` (a function of the hash)."""
+    gen = torch.Generator().manual_seed(int(hashlib.sha256(page_hash.encode()).hexdigest()[:12], 16))
+    return torch.randn(pool.page_bytes // pool.itemsize, generator=gen, dtype=torch.float32)
+
+
+def hashes(n: int, tag: str = "") -> list[str]:
+    """``n`` distinct 64-hex page hashes (random per call unless ``tag`` repeats)."""
+    base = uuid.uuid5(uuid.NAMESPACE_OID, tag).hex if tag else uuid.uuid4().hex
+    return [f"{base[:20]}{i:044x}" for i in range(n)]
+
+
+def fill_pages(pool: HostKVPool, page_hashes: list[str]) -> torch.Tensor:
+    """Allocate host pages and write each hash's content into them; returns their indices."""
+    idx = pool.alloc(len(page_hashes) * pool.page_size)
+    assert idx is not None, "host pool too small for the test"
+    for h, p in zip(page_hashes, pool.indices_to_pages(idx)):
+        pool.write_page(p, page_content(pool, h))
+    return idx
+
+
+def check_pages(pool: HostKVPool, page_hashes: list[str], host_indices: torch.Tensor) -> None:
+    """Assert each host page holds exactly its hash's bytes."""
+    pages = pool.indices_to_pages(host_indices)
+    assert len(pages) == len(page_hashes)
+    for h, p in zip(page_hashes, pages):
+        assert torch.equal(pool.read_page(p), page_content(pool, h)), f"page {h[:12]} differs"
+
+
+@pytest.fixture
+def poison() -> Iterator[set[str]]:
+    POISON.clear()
+    yield POISON
+    POISON.clear()
+
+
+@pytest.fixture
+def batches() -> Iterator[list[tuple[str, int]]]:
+    BATCHES.clear()
+    yield BATCHES
+    BATCHES.clear()

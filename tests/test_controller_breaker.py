@@ -1,0 +1,179 @@
+"""The circuit breaker: failures counted, auto-detach after N in a row, probing, re-attach."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from _controller_backends import check_pages, fill_pages, hashes, make_controller, make_pool
+
+from hicache_core import HostKVPool
+from hicache_core.controller import StorageController, fault_switch
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+def _backup(ctl: StorageController, pool: HostKVPool, n: int = 2) -> list[bool]:
+    hs = hashes(n)
+    idx = fill_pages(pool, hs)
+    got: list[list[bool]] = []
+    ctl.backup(hs, idx, got.append)
+    wait_for(lambda: bool(got))
+    pool.free(idx)
+    return got[0]
+
+
+def test_breaker_opens_and_recovers(tmp_path: Path) -> None:
+    switch = fault_switch(f"breaker-{tmp_path.name}")
+    pool = make_pool()
+    ctl = make_controller(pool, breaker_threshold=3, auto_reattach=True, probe_interval_s=0.05)
+    try:
+        ctl.attach("dirstore", {"root": str(tmp_path / "l3"), "prefetch_threshold": 0,
+                                "fault_injection": {"switch": f"breaker-{tmp_path.name}"}},
+                   prefetch_policy="wait_complete")
+        assert _backup(ctl, pool) == [True, True]
+        switch.fail_all = True
+        # Failures are per-page False answers, never exceptions, until the breaker opens.
+        for _ in range(3):
+            assert _backup(ctl, pool) == [False, False]
+        wait_for(lambda: ctl.status()["state"] == "degraded")
+        st = ctl.status()
+        assert st["breaker"]["state"] == "open" and st["breaker"]["trips"] == 1
+        assert "3 consecutive failed calls" in st["breaker"]["reason"] and st["breaker"]["opened_at"]
+        assert "InjectedFault" in st["last_error"]
+        assert st["backend"] == "dirstore"  # what is being probed
+        assert ctl.backend_view()["hicache_storage_backend"] is None  # not in force
+        assert not ctl.attached
+        # L2-only: misses, never exceptions.
+        assert ctl.prefetch(hashes(4)) is None
+        assert _backup_nowait(ctl, pool) == [False, False]
+        wait_for(lambda: ctl.status()["breaker"]["probes"] >= 2)
+        assert "InjectedFault" in (ctl.status()["breaker"]["last_probe_error"] or "")
+        assert ctl.metrics.sample("hicache_breaker_state") == 1
+        switch.fail_all = False  # the backend comes back
+        wait_for(lambda: ctl.status()["state"] == "attached")
+        st = ctl.status()
+        assert st["breaker"]["state"] == "closed" and st["breaker"]["trips"] == 1
+        assert st["counters"]["reattaches"] == 1
+        assert ctl.metrics.sample("hicache_breaker_state") == 0
+        hs = hashes(5)
+        idx = fill_pages(pool, hs)
+        got: list[list[bool]] = []
+        ctl.backup(hs, idx, got.append)
+        wait_for(lambda: bool(got))
+        pool.free(idx)
+        op = ctl.prefetch(hs)
+        assert op is not None
+        res = op.wait()
+        check_pages(pool, hs, res.host_indices)
+        pool.free(res.host_indices)
+    finally:
+        switch.fail_all = False
+        ctl.close()
+
+
+def _backup_nowait(ctl: StorageController, pool: HostKVPool) -> list[bool]:
+    hs = hashes(2)
+    idx = fill_pages(pool, hs)
+    got: list[list[bool]] = []
+    assert ctl.backup(hs, idx, got.append) is False  # nothing queued: on_done already ran
+    pool.free(idx)
+    return got[0]
+
+
+def test_breaker_without_auto_reattach_stays_degraded_until_admin(tmp_path: Path) -> None:
+    name = f"noreattach-{tmp_path.name}"
+    pool = make_pool()
+    ctl = make_controller(pool, breaker_threshold=2, auto_reattach=False)
+    try:
+        extra = {"root": str(tmp_path / "l3"), "prefetch_threshold": 0, "fault_injection": {"switch": name}}
+        ctl.attach("dirstore", extra)
+        fault_switch(name).fail_all = True
+        for _ in range(2):
+            _backup(ctl, pool)
+        wait_for(lambda: ctl.status()["state"] == "degraded")
+        fault_switch(name).fail_all = False
+        time.sleep(0.3)
+        assert ctl.status()["state"] == "degraded" and ctl.status()["breaker"]["probes"] == 0
+        # The operator re-attaches; the breaker closes.
+        ctl.attach("dirstore", extra)
+        assert ctl.status()["state"] == "attached" and ctl.status()["breaker"]["state"] == "closed"
+        assert _backup(ctl, pool) == [True, True]
+        # Detach while degraded stops probing and says so.
+        fault_switch(name).fail_all = True
+        for _ in range(2):
+            _backup(ctl, pool)
+        wait_for(lambda: ctl.status()["state"] == "degraded")
+        assert "degraded" in ctl.detach()
+        assert ctl.status()["state"] == "detached"
+    finally:
+        fault_switch(name).fail_all = False
+        ctl.close()
+
+
+def test_success_resets_consecutive_count(tmp_path: Path) -> None:
+    pool = make_pool()
+    ctl = make_controller(pool, breaker_threshold=3)
+    try:
+        ctl.attach("dirstore", {"root": str(tmp_path / "l3"), "fault_injection": {"switch": tmp_path.name}})
+        sw = fault_switch(tmp_path.name)
+        for _ in range(4):
+            sw.fail_all = True
+            _backup(ctl, pool)
+            _backup(ctl, pool)
+            sw.fail_all = False
+            assert _backup(ctl, pool) == [True, True]
+        assert ctl.status()["state"] == "attached"
+        assert ctl.status()["counters"]["failures"] == 8
+    finally:
+        ctl.close()
+
+
+def test_timeouts_are_counted_and_never_hang_requests(tmp_path: Path) -> None:
+    """A backend that hangs: calls time out (io_timeout_s), requests see misses, pages are safe."""
+    name = f"hang-{tmp_path.name}"
+    pool = make_pool()
+    ctl = make_controller(pool, io_timeout_s=0.2, breaker_threshold=100)
+    try:
+        ctl.attach("dirstore", {"root": str(tmp_path / "l3"), "prefetch_threshold": 0,
+                                "fault_injection": {"switch": name}}, prefetch_policy="wait_complete")
+        hs = hashes(4)
+        idx = fill_pages(pool, hs)
+        got: list[list[bool]] = []
+        ctl.backup(hs, idx, got.append)
+        wait_for(lambda: bool(got))
+        fault_switch(name).hang_s = 0.6
+        free_before = pool.available_size()
+        t0 = time.monotonic()
+        op = ctl.prefetch(hs)
+        assert op is not None
+        res = op.wait()
+        assert time.monotonic() - t0 < 0.6  # the exists call timed out after 0.2 s
+        assert res.pages == 0 and "io_timeout_s" in res.reason
+        late: list[list[bool]] = []
+        ctl.backup(hashes(2), idx[: 2 * pool.page_size], late.append)
+        time.sleep(0.35)
+        assert late == []  # timed out, but the backend may still read the pages: not released yet
+        wait_for(lambda: bool(late), timeout=3)
+        assert late[0] == [True, True]  # it did land in the end
+        fault_switch(name).hang_s = 0.0
+        wait_for(lambda: pool.available_size() == free_before)
+        assert ctl.status()["counters"]["timeouts"] >= 2
+        assert ctl.metrics.sample("hicache_backend_failures_total", {"op": "batch_exists", "kind": "timeout"}) == 1
+        pool.free(idx)
+    finally:
+        fault_switch(name).hang_s = 0.0
+        ctl.close()
+
+
+@pytest.mark.parametrize("threshold", [0, -1])
+def test_breaker_threshold_must_be_positive(threshold: int) -> None:
+    with pytest.raises(ValueError, match="breaker_threshold"):
+        make_controller(make_pool(pages=4), breaker_threshold=threshold)
