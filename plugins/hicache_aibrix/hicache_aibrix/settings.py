@@ -103,9 +103,6 @@ FORCED_ENV: dict[str, tuple[str, str]] = {
     ),
     ENV_PREFIX + "DEVICE": ("cpu", "the AIBrix cache sits beside the host pool in host memory"),
 }
-#: Set quietly: AIBrix draws a tqdm bar while it reserves memory; a storage backend should not.
-QUIET_ENV = {"TQDM_DISABLE": "1"}
-
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -206,7 +203,6 @@ def parse_settings(extra: Mapping[str, Any]) -> AIBrixSettings:
         ):
             raise BackendConfigError(f"{env}={given!r} cannot be used with hicache ({why}); unset it")
         overlay[env] = forced
-    overlay.update(QUIET_ENV)
 
     settings = AIBrixSettings(overlay=overlay, block_layout=layout)
     if not settings.l1_enabled and not settings.connector:

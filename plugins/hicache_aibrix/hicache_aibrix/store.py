@@ -279,8 +279,11 @@ class AIBrixStore(HiCacheStorage):
             stored = put.get() // page if put.is_ok() else 0
             for offset in range(stored):
                 results[chunk[offset]] = True
-            if stored < len(chunk):
-                self._counters.add(set_errors=len(chunk) - stored, last_error=f"put: {put}")
+            # Pages past `filled` failed their copy (recorded there); the rest of the shortfall
+            # is AIBrix's.
+            if stored < filled:
+                self._counters.add(set_errors=filled - stored, last_error=f"put stored {stored}/{filled}: {put}")
+            self._counters.add(set_errors=len(chunk) - filled)
             self._counters.add(pages_set=stored, bytes_written=stored * self._page_bytes())
         return results
 
