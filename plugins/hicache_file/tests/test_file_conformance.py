@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hicache_file import store as store_module
 from hicache_file.store import FileStore
 
 from hicache_core import HiCacheStorage, HiCacheStorageConfig, create_backend
@@ -14,7 +15,11 @@ from hicache_core.testing import StorageConformanceTests
 
 
 class TestFileStoreConformance(StorageConformanceTests):
-    """FileStore opened directly, two I/O threads per batch."""
+    """FileStore opened directly, two I/O threads per batch even for the kit's small pages."""
+
+    @pytest.fixture(autouse=True)
+    def _threads_for_small_pages(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(store_module, "PARALLEL_MIN_PAGE_BYTES", 0)
 
     @pytest.fixture
     def storage_config(self, tmp_path: Path) -> HiCacheStorageConfig:

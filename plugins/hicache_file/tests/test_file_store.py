@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import torch
 from file_torn_writer import POOL_SHAPE, make_pool, page_bytes_for
+from hicache_file import store as store_module
 from hicache_file.config import FileStoreSettings, parse_size
 from hicache_file.pageformat import HEADER_SIZE
 from hicache_file.store import FileStore, namespace_dirname
@@ -303,7 +304,10 @@ def test_keys_that_are_not_file_names(open_store: Callable[..., tuple[FileStore,
 
 
 # ---------------------------------------------------------------------- threads
-def test_many_threads_on_shared_keys_never_see_a_torn_page(open_store: Callable[..., tuple[FileStore, HostKVPool]]) -> None:
+def test_many_threads_on_shared_keys_never_see_a_torn_page(
+    open_store: Callable[..., tuple[FileStore, HostKVPool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "PARALLEL_MIN_PAGE_BYTES", 0)  # batches use the thread pool too
     store, _ = open_store(io_threads=3)
     pool = HostKVPool(size=16 * 96, page_size=16, layer_num=2, head_num=2, head_dim=8, dtype=torch.bfloat16)
     store.register_mem_pool_host(pool)
