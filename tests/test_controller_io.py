@@ -82,11 +82,25 @@ def test_prefetch_of_partial_chain_loads_leading_hits(ctl: StorageController, po
     assert pool.available_size() == free_before
 
 
-def test_keys_carry_namespace_suffix(ctl: StorageController, pool: HostKVPool, tmp_path: Path) -> None:
+def test_keys_are_the_hashes_backends_add_the_suffix(ctl: StorageController, pool: HostKVPool, tmp_path: Path) -> None:
     hs = hashes(2)
     store(ctl, pool, hs)
-    suffix = HiCacheStorageConfig(model_name="test-model").namespace_suffix()
-    assert sorted(p.name for p in (tmp_path / "l3").iterdir()) == sorted(h + suffix for h in hs)
+    assert sorted(p.name for p in (tmp_path / "l3").iterdir()) == sorted(hs)
+
+
+def test_controller_can_append_namespace_suffix(pool: HostKVPool, tmp_path: Path) -> None:
+    ctl = make_controller(pool, add_namespace_suffix=True)
+    try:
+        ctl.attach("dirstore", {"root": str(tmp_path / "s"), "prefetch_threshold": 0})
+        hs = hashes(2)
+        store(ctl, pool, hs)
+        suffix = HiCacheStorageConfig(model_name="test-model").namespace_suffix()
+        assert sorted(p.name for p in (tmp_path / "s").iterdir()) == sorted(h + suffix for h in hs)
+        res = take_all(ctl.prefetch(hs))  # type: ignore[arg-type]
+        assert res.page_hashes == hs  # the caller sees bare hashes
+        pool.free(res.host_indices)
+    finally:
+        ctl.close()
 
 
 def test_threshold_skips_small_prefetches(pool: HostKVPool, tmp_path: Path) -> None:
@@ -134,8 +148,7 @@ def test_mid_batch_failure_truncates_hit(
 ) -> None:
     hs = hashes(200)
     store(ctl, pool, hs)
-    suffix = HiCacheStorageConfig(model_name="test-model").namespace_suffix()
-    poison.add(hs[150] + suffix)  # in the middle of the second batch
+    poison.add(hs[150])  # in the middle of the second batch
     free_before = pool.available_size()
     res = take_all(ctl.prefetch(hs))  # type: ignore[arg-type]
     assert res.page_hashes == hs[:150] and res.storage_hit_pages == 200 and not res.complete
@@ -288,8 +301,7 @@ def test_backup_partial_success_page_by_page(pool: HostKVPool, tmp_path: Path) -
         assert done == [[True, False, True, False, True, False]]
         st = ctl.status()["counters"]
         assert st["backup_pages"] == 3 and st["backup_failed_pages"] == 3
-        suffix = HiCacheStorageConfig(model_name="test-model").namespace_suffix()
-        assert sorted(p.name for p in (tmp_path / "l3").iterdir()) == sorted(h + suffix for h in hs[::2])
+        assert sorted(p.name for p in (tmp_path / "l3").iterdir()) == sorted(hs[::2])
         pool.free(idx)
     finally:
         ctl.close()

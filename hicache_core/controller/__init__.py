@@ -14,7 +14,7 @@ ctl = StorageController(host_pool, storage_config, registry=None, metrics_regist
                         # keyword-only extras (refinement):
                         io_timeout_s=10.0, quiesce_timeout_s=5.0, attach_timeout_s=60.0,
                         prefetch_policy="best_effort", write_policy="write_through",
-                        add_namespace_suffix=True)
+                        add_namespace_suffix=False)
 msg = ctl.attach(backend, extra_config=None, prefetch_policy=None, write_policy=None,
                  replace=False, switch_mode="quiesce")      # or "idle"; ControllerError on refusal
 msg = ctl.detach(switch_mode="quiesce")                       # idempotent
@@ -42,9 +42,11 @@ Refinements (additions; nothing in the contract was removed or renamed):
   because the backend may still be reading those host pages. On an MLA non-writer rank
   (``storage_config.is_writer_rank`` False) nothing is written and ``on_done`` gets True
   for every page (rank 0 writes them).
-- Keys: the controller appends ``storage_config.namespace_suffix()`` to every page hash, as
-  the contract says. Backends written SGLang-style append a suffix themselves; pass
-  ``add_namespace_suffix=False`` for those to keep keys byte-identical with SGLang.
+- DEVIATION (keys): by default the controller hands the backend the page hashes as given,
+  WITHOUT appending ``namespace_suffix()``: every backend appends it itself (as SGLang's
+  backends do, and as every first-party plugin here does), so appending it here too would
+  double it and break key compatibility with SGLang. ``add_namespace_suffix=True`` makes
+  the controller append it, for backends that do not. The node still passes bare hashes.
 - ``status()`` keys: rank, state ("attached" | "detached" | "degraded"), backend,
   extra_config (secret-looking values redacted), prefetch_policy, write_policy, policies
   {prefetch, write, prefetch_threshold, prefetch_timeout_base, prefetch_timeout_per_ki_token},

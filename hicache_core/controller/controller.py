@@ -101,8 +101,9 @@ class StorageController:
     ``quiesce_timeout_s`` bounds how long a switch waits for in-flight L3 work,
     ``attach_timeout_s`` bounds creating a backend, ``prefetch_policy`` / ``write_policy``
     are the policies in force before any attach says otherwise, and ``add_namespace_suffix``
-    appends ``storage_config.namespace_suffix()`` to every page hash (the contract's
-    behaviour); pass False for backends that append it themselves.
+    appends ``storage_config.namespace_suffix()`` to every page hash before it reaches the
+    backend. Off by default: backends append the suffix themselves, as SGLang's do (every
+    first-party plugin does), so keys stay byte-identical with SGLang's.
     """
 
     def __init__(
@@ -122,7 +123,7 @@ class StorageController:
         attach_timeout_s: float = 60.0,
         prefetch_policy: str = DEFAULT_PREFETCH_POLICY,
         write_policy: str = DEFAULT_WRITE_POLICY,
-        add_namespace_suffix: bool = True,
+        add_namespace_suffix: bool = False,
     ) -> None:
         if breaker_threshold < 1:
             raise ValueError(f"breaker_threshold must be at least 1, got {breaker_threshold}")

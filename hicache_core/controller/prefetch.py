@@ -25,7 +25,9 @@ class PrefetchResult:
     ``host_indices`` their token indices in the host pool, page by page (ownership passes to
     the caller). ``storage_hit_pages`` is how many leading pages L3 reported as present
     (at least ``len(page_hashes)``; more when loading stopped early). ``complete`` is True
-    when every page L3 reported was delivered.
+    when every page L3 reported was delivered. ``reason`` says why loading stopped before
+    the requested pages ("" when it did not): below the threshold, a failed page, a full
+    host pool, a backend error or timeout, a detach.
     """
 
     page_hashes: list[str] = field(default_factory=list)
