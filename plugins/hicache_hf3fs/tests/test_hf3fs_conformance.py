@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from hf3fs_testutil import ServiceProcess
+from hicache_hf3fs.store import Hf3fsStore
+
 from hicache_core import HiCacheStorage, HiCacheStorageConfig
 from hicache_core.plugins.factory import create_backend
 from hicache_core.testing import StorageConformanceTests
-
-from hicache_hf3fs.store import Hf3fsStore
 
 
 def _extra(prefix: Path, **more: object) -> dict[str, object]:
