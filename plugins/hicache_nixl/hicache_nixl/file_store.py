@@ -1,0 +1,289 @@
+"""The file flavour: NIXL's 3FS, POSIX, GDS_MT or GDS plugin, one file per page.
+
+A batch opens the page files, registers them with NIXL as FILE segments (the file
+descriptor is the device id), runs one READ or WRITE request whose descriptors pair each
+piece of a page in host memory with its offset in the page's file, then deregisters and
+closes. Writes go to a temporary file that is renamed into place only after NIXL reports the
+transfer done, so a failed or timed-out write never leaves a partial page behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from hicache_core.spec.errors import BackendConfigError, HiCacheError
+from hicache_nixl.files import PageFiles, SizeBound
+from hicache_nixl.store import NixlStore, Piece, page_length
+from hicache_nixl.transfer import Outcome
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from hicache_core.memory.host_pool import HostKVPool
+    from hicache_core.spec.config import HiCacheStorageConfig
+
+log = logging.getLogger(__name__)
+
+#: O_DIRECT needs buffers, lengths and offsets aligned to the device's logical block; 4 KiB
+#: covers every common device.
+DIRECT_ALIGN = 4096
+
+
+class NixlFileStore(NixlStore):
+    """Pages as files under ``storage_dir``, moved by a NIXL file plugin."""
+
+    flavour = "file"
+
+    def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config, *args, **kwargs)
+        self.files = PageFiles(self.settings.storage_dir)
+        try:
+            self.files.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendConfigError(
+                f"nixl: storage_dir {str(self.files.root)!r} cannot be created: {exc}; set extra-config "
+                "'storage_dir' (or HICACHE_NIXL_STORAGE_DIR) to a writable directory"
+            ) from exc
+        self.bound = SizeBound(self.files, self.settings.max_bytes) if self.settings.max_bytes else None
+        self.direct = False
+        self.direct_reason = "o_direct=false"
+
+    # ------------------------------------------------------------------ pool and O_DIRECT
+    def _on_pool(self, pool: HostKVPool) -> None:
+        mode = self.settings.o_direct
+        if mode == "false":
+            self.direct, self.direct_reason = False, "o_direct=false"
+            return
+        misaligned = _misalignment(pool)
+        if misaligned:
+            if mode == "true":
+                raise BackendConfigError(
+                    f"nixl: o_direct=true but {misaligned}; O_DIRECT needs {DIRECT_ALIGN}-byte aligned page "
+                    "pieces (pinned host pools usually are). Use o_direct=auto or false"
+                )
+            self.direct, self.direct_reason = False, f"o_direct=auto: off, {misaligned}"
+            return
+        refused = self._direct_refused()
+        if refused:
+            if mode == "true":
+                raise BackendConfigError(f"nixl: o_direct=true but {refused}; use o_direct=auto or false")
+            self.direct, self.direct_reason = False, f"o_direct=auto: off, {refused}"
+            return
+        self.direct, self.direct_reason = True, f"o_direct={mode}: on, page pieces are {DIRECT_ALIGN}-byte aligned"
+
+    def _direct_refused(self) -> str:
+        probe = self.files.root / f".o_direct_probe-{os.getpid()}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+        except OSError as exc:
+            return f"the filesystem of {self.files.root} refuses O_DIRECT ({errno.errorcode.get(exc.errno or 0, exc)})"
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+        return ""
+
+    # ------------------------------------------------------------------ existence
+    def _expected_size(self) -> int | None:
+        pool = self.mem_pool_host
+        return pool.page_bytes if pool is not None else None
+
+    def _exists(self, skeys: list[str], stop_at_miss: bool = False) -> list[bool]:
+        expected = self._expected_size()
+        found = [False] * len(skeys)
+        for i, skey in enumerate(skeys):
+            try:
+                size = os.stat(self.files.path(skey)).st_size
+            except OSError:
+                size = -1
+            found[i] = size == expected if expected is not None else size > 0
+            if stop_at_miss and not found[i]:
+                break
+        return found
+
+    def _stored_size(self, skey: str) -> int | None:
+        try:
+            return os.stat(self.files.path(skey)).st_size
+        except OSError:
+            return None
+
+    # ------------------------------------------------------------------ I/O
+    def _flags(self, pooled: bool) -> int:
+        return os.O_DIRECT if (pooled and self.direct) else 0
+
+    def _register_files(self, fds: list[tuple[int, int]]) -> Any:
+        """Register (fd, length) pairs as FILE segments; the fd is the device id."""
+        return self.agent.register_memory([(0, length, fd, "") for fd, length in fds], "FILE",
+                                          backends=[self.backend_name])
+
+    def _deregister(self, reg: Any) -> None:
+        try:
+            self.agent.deregister_memory(reg, backends=[self.backend_name])
+        except Exception as exc:
+            log.warning("nixl: deregistering page files failed: %s", exc)
+
+    def _read(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
+        n = len(skeys)
+        self.counters.add("get_pages", n)
+        results = [False] * n
+        opened: dict[int, tuple[int, Path]] = {}
+        try:
+            for i, skey in enumerate(skeys):
+                path = self.files.path(skey)
+                try:
+                    fd = os.open(path, os.O_RDONLY | self._flags(pooled))
+                except FileNotFoundError:
+                    self.counters.add("misses")
+                    continue
+                except OSError as exc:
+                    log.warning("nixl: cannot open %s: %s", path, exc)
+                    self.counters.add("failed_pages")
+                    continue
+                if os.fstat(fd).st_size != page_length(pieces[i]):
+                    # A page of another shape (or a foreign file): a miss, never a partial read.
+                    os.close(fd)
+                    self.counters.add("size_mismatches")
+                    self.counters.add("misses")
+                    continue
+                opened[i] = (fd, path)
+            if not opened:
+                return results
+            order = list(opened)
+            try:
+                reg = self._register_files([(opened[i][0], page_length(pieces[i])) for i in order])
+            except Exception as exc:
+                log.warning("nixl: registering %d page files failed: %s", len(order), exc)
+                self.counters.add("failed_pages", len(order))
+                return results
+            try:
+                outcomes = self._run_pages("READ", [_rows(pieces[i], opened[i][0]) for i in order])
+            finally:
+                self._deregister(reg)
+            self._count_outcomes(outcomes)
+            for i, outcome in zip(order, outcomes):
+                if outcome is Outcome.DONE:
+                    results[i] = True
+                    self.counters.add("hits")
+                    self.counters.add("bytes_read", page_length(pieces[i]))
+                    if self.bound is not None:
+                        self.bound.touch(opened[i][1])
+            return results
+        finally:
+            for fd, _ in opened.values():
+                os.close(fd)
+
+    def _write(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
+        n = len(skeys)
+        self.counters.add("set_pages", n)
+        results = [False] * n
+        opened: dict[int, tuple[int, Path, Path]] = {}  # page -> (fd, tmp, final)
+        try:
+            for i, skey in enumerate(skeys):
+                path = self.files.path(skey)
+                tmp = self.files.tmp_path(path)
+                try:
+                    self.files.ensure_dir(path)
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | self._flags(pooled), 0o644)
+                except OSError as exc:
+                    log.warning("nixl: cannot create %s: %s", tmp, exc)
+                    self.counters.add("failed_pages")
+                    continue
+                opened[i] = (fd, tmp, path)
+            if not opened:
+                return results
+            order = list(opened)
+            try:
+                reg = self._register_files([(opened[i][0], page_length(pieces[i])) for i in order])
+            except Exception as exc:
+                log.warning("nixl: registering %d page files failed: %s", len(order), exc)
+                self.counters.add("failed_pages", len(order))
+                return results
+            try:
+                outcomes = self._run_pages("WRITE", [_rows(pieces[i], opened[i][0]) for i in order])
+            finally:
+                self._deregister(reg)
+            self._count_outcomes(outcomes)
+            for i, outcome in zip(order, outcomes):
+                if outcome is Outcome.DONE:
+                    results[i] = self._publish(*opened[i], size=page_length(pieces[i]))
+            self.counters.add("stored", sum(results))
+            return results
+        finally:
+            for i, (fd, tmp, _) in opened.items():
+                os.close(fd)
+                if not results[i]:
+                    tmp.unlink(missing_ok=True)
+
+    def _publish(self, fd: int, tmp: Path, path: Path, size: int) -> bool:
+        """Make a fully written temporary file the page file (atomic rename)."""
+        try:
+            if self.settings.fsync:
+                os.fsync(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("nixl: cannot publish %s: %s", path, exc)
+            self.counters.add("failed_pages")
+            return False
+        self.counters.add("bytes_written", size)
+        if self.bound is not None:
+            self.bound.added(path, size)
+        return True
+
+    # ------------------------------------------------------------------ management
+    def delete(self, key: str) -> bool:
+        path = self.files.path(self._skeys([key])[0])
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            log.warning("nixl: cannot delete %s: %s", path, exc)
+            return False
+        if self.bound is not None:
+            self.bound.removed(path)
+        return True
+
+    def clear(self) -> None:
+        removed = self.files.remove_all()
+        if self.bound is not None:
+            self.bound.reset()
+        log.info("nixl: cleared %d page files under %s", removed, self.files.root)
+
+    def health_check(self) -> None:
+        root = self.files.root
+        if not root.is_dir() or not os.access(root, os.W_OK | os.X_OK):
+            raise HiCacheError(f"nixl: storage_dir {str(root)!r} is missing or not writable")
+
+    def _flavour_stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {
+            "storage_dir": str(self.files.root), "o_direct": self.direct, "o_direct_reason": self.direct_reason,
+            "max_bytes": self.settings.max_bytes,
+        }
+        if self.selection.plugin == "POSIX":
+            stats["posix_engine"] = self.settings.posix_engine
+        if self.bound is not None:
+            stats.update(stored_bytes=self.bound.total_bytes, stored_pages=len(self.bound),
+                         evicted_pages=self.bound.evicted_pages, evicted_bytes=self.bound.evicted_bytes)
+        return stats
+
+
+def _rows(pieces: list[Piece], fd: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """DRAM rows and FILE rows of one page: piece k goes to the file right after piece k-1."""
+    local, remote, offset = [], [], 0
+    for ptr, nbytes in pieces:
+        local.append((ptr, nbytes, 0))
+        remote.append((offset, nbytes, fd))
+        offset += nbytes
+    return local, remote
+
+
+def _misalignment(pool: HostKVPool) -> str:
+    """'' when every page piece is DIRECT_ALIGN aligned in address and length, else what is not."""
+    for page in {0, pool.page_num - 1}:
+        for piece in pool.page_pieces(page):
+            if piece.ptr % DIRECT_ALIGN:
+                return f"host pool address {piece.ptr:#x} is not {DIRECT_ALIGN}-byte aligned"
+            if piece.nbytes % DIRECT_ALIGN:
+                return f"a page piece is {piece.nbytes} bytes, not a multiple of {DIRECT_ALIGN}"
+    return ""

@@ -1,0 +1,153 @@
+"""Where a page file lives, and the size bound over the page files.
+
+One file per page: ``<storage_dir>/<ab>/<cd>/<key>``, the two shard levels taken from a hash
+of the key so that any key spreads evenly. Files are written under a temporary name and
+renamed, so a reader sees a whole page or nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from urllib.parse import quote
+
+log = logging.getLogger(__name__)
+
+_SHARD = re.compile(r"^[0-9a-f]{2}$")
+TMP_MARK = ".tmp-"
+
+
+class PageFiles:
+    """Paths of page files under one directory."""
+
+    def __init__(self, root: str) -> None:
+        self.root = Path(root)
+        self._made: set[Path] = set()
+        self._lock = threading.Lock()
+        self._tmp_counter = itertools.count()
+
+    def path(self, key: str) -> Path:
+        digest = hashlib.blake2b(key.encode(), digest_size=2).hexdigest()
+        # A key is a file name, never a path: quote escapes '/', and '.'/'..' are spelled out.
+        name = quote(key, safe="")
+        if not name.strip("."):
+            name = "%2E" * len(name) or "%00"
+        return self.root / digest[:2] / digest[2:] / name
+
+    def ensure_dir(self, path: Path) -> None:
+        parent = path.parent
+        if parent in self._made:
+            return
+        parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._made.add(parent)
+
+    def tmp_path(self, path: Path) -> Path:
+        return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}-{next(self._tmp_counter)}")
+
+    def iter_pages(self) -> list[tuple[Path, os.stat_result]]:
+        """Every page file (temporaries excluded) with its stat, in no particular order."""
+        found: list[tuple[Path, os.stat_result]] = []
+        if not self.root.is_dir():
+            return found
+        for first in os.scandir(self.root):
+            if not (first.is_dir() and _SHARD.match(first.name)):
+                continue
+            for second in os.scandir(first.path):
+                if not (second.is_dir() and _SHARD.match(second.name)):
+                    continue
+                for entry in os.scandir(second.path):
+                    if entry.is_file() and TMP_MARK not in entry.name:
+                        try:
+                            found.append((Path(entry.path), entry.stat()))
+                        except FileNotFoundError:
+                            continue
+        return found
+
+    def remove_all(self) -> int:
+        """Delete every page file and temporary under the shard folders; returns files removed.
+
+        Only the two-hex-digit shard folders are touched, so a misconfigured storage_dir
+        never loses files this backend did not write.
+        """
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for first in os.scandir(self.root):
+            if not (first.is_dir() and _SHARD.match(first.name)):
+                continue
+            for second in os.scandir(first.path):
+                if not (second.is_dir() and _SHARD.match(second.name)):
+                    continue
+                for entry in os.scandir(second.path):
+                    if entry.is_file():
+                        try:
+                            os.unlink(entry.path)
+                            removed += 1
+                        except FileNotFoundError:
+                            pass
+        return removed
+
+
+class SizeBound:
+    """Least-recently-used order and total bytes of the page files; evicts past ``max_bytes``.
+
+    The order starts from the files' modification times when the backend opens, then
+    follows this process's reads and writes.
+    """
+
+    def __init__(self, files: PageFiles, max_bytes: int) -> None:
+        self.files = files
+        self.max_bytes = max_bytes
+        self._lru: OrderedDict[Path, int] = OrderedDict()
+        self._lock = threading.Lock()
+        self.total_bytes = 0
+        self.evicted_pages = 0
+        self.evicted_bytes = 0
+        for path, st in sorted(files.iter_pages(), key=lambda item: item[1].st_mtime):
+            self._lru[path] = st.st_size
+            self.total_bytes += st.st_size
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def touch(self, path: Path) -> None:
+        with self._lock:
+            if path in self._lru:
+                self._lru.move_to_end(path)
+
+    def added(self, path: Path, size: int) -> None:
+        """Record a page file that just became visible, then evict down to the bound."""
+        victims: list[tuple[Path, int]] = []
+        with self._lock:
+            self.total_bytes += size - self._lru.pop(path, 0)
+            self._lru[path] = size
+            while self.max_bytes and self.total_bytes > self.max_bytes and len(self._lru) > 1:
+                victim, vsize = self._lru.popitem(last=False)
+                self.total_bytes -= vsize
+                victims.append((victim, vsize))
+        for victim, vsize in victims:
+            try:
+                os.unlink(victim)
+            except FileNotFoundError:
+                pass
+            with self._lock:
+                self.evicted_pages += 1
+                self.evicted_bytes += vsize
+        if victims:
+            log.debug("nixl: evicted %d page files to stay under %d bytes", len(victims), self.max_bytes)
+
+    def removed(self, path: Path) -> None:
+        with self._lock:
+            self.total_bytes -= self._lru.pop(path, 0)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._lru.clear()
+            self.total_bytes = 0
