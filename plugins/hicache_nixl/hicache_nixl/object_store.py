@@ -1,8 +1,9 @@
 """The object flavour: NIXL's OBJ plugin (S3), one object per page, named by its key.
 
 Each batch registers its objects as OBJ segments (object name in the descriptor's metadata,
-a fresh device id per object) and runs one request. Reads are ranged GETs straight into the
-host pool, one per contiguous piece of a page. NIXL's OBJ plugin writes whole objects only
+a fresh device id per object) and runs one request. Reads ask which objects exist (a HEAD each,
+through the plugin's ``query_memory``), then run ranged GETs straight into the host pool,
+one per contiguous piece of a page. NIXL's OBJ plugin writes whole objects only
 (a write at a non-zero offset fails), so a page that is a single piece in host memory (MLA,
 or any tensor) is written from the pool directly, and a page of several pieces (K and V) is
 first gathered into a registered staging buffer.
@@ -121,19 +122,27 @@ class NixlObjectStore(NixlStore):
             self._deregister(reg)
 
     def _read(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
-        self.counters.add("get_pages", len(skeys))
-        lengths = [page_length(p) for p in pieces]
-        outcomes = self._transfer("READ", skeys, [_rows(p) for p in pieces], lengths)
-        results = [o is Outcome.DONE for o in outcomes]
-        failed = [i for i, o in enumerate(outcomes) if o is Outcome.FAILED]
-        if failed:
-            # A GET of an absent object fails like any error; tell misses from failures.
-            present = self._query([skeys[i] for i in failed]) or [True] * len(failed)
-            self.counters.add("misses", present.count(False))
-            self.counters.add("failed_pages", present.count(True))
-        self.counters.add("timed_out_pages", sum(o is Outcome.TIMEOUT for o in outcomes))
-        self.counters.add("hits", sum(results))
-        self.counters.add("bytes_read", sum(n for n, ok in zip(lengths, results) if ok))
+        n = len(skeys)
+        self.counters.add("get_pages", n)
+        results = [False] * n
+        # A GET of an absent object fails, and the AWS SDK may already have written its
+        # error body into the destination; ask first so a miss leaves the page untouched.
+        present = self._query(skeys)
+        if present is None:
+            self.counters.add("failed_pages", n)
+            return results
+        wanted = [i for i in range(n) if present[i]]
+        self.counters.add("misses", n - len(wanted))
+        if not wanted:
+            return results
+        outcomes = self._transfer("READ", [skeys[i] for i in wanted], [_rows(pieces[i]) for i in wanted],
+                                  [page_length(pieces[i]) for i in wanted])
+        self._count_outcomes(outcomes)
+        for i, outcome in zip(wanted, outcomes):
+            if outcome is Outcome.DONE:
+                results[i] = True
+                self.counters.add("hits")
+                self.counters.add("bytes_read", page_length(pieces[i]))
         return results
 
     def _write(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
