@@ -82,7 +82,8 @@ def import_aibrix(settings: AIBrixSettings) -> ModuleType:
             "aibrix_kvcache was imported with AIBRIX_KV_CACHE_OL_TOKEN_VALIDATION_ENABLED on, which "
             "cannot key pages by hash; unset it before the process imports aibrix_kvcache"
         )
-    return aibrix_kvcache
+    module: ModuleType = aibrix_kvcache
+    return module
 
 
 class AIBrixStore(HiCacheStorage):
@@ -109,7 +110,8 @@ class AIBrixStore(HiCacheStorage):
                 "MLA-capable backend (file, mooncake, hf3fs, nixl)"
             )
         self.settings = parse_settings(self.config.extra())
-        self.capabilities = _capabilities_for(self.settings.connector)
+        # Persistence and sharing depend on the connector, so this instance says its own.
+        self.capabilities = _capabilities_for(self.settings.connector)  # type: ignore[misc]
         self._suffix = self.config.namespace_suffix()
         self._counters = AIBrixCounters()
         self._lock = threading.Lock()
@@ -401,12 +403,14 @@ class AIBrixStore(HiCacheStorage):
         assert mapper is not None
         vals = list(values) if values is not None else [None] * len(keys)
         live: list[int] = []
+        pages: list[torch.Tensor] = []
         for i, value in enumerate(vals):
             if isinstance(value, torch.Tensor) and value.numel() * value.element_size() == mapper.block_nbytes:
                 live.append(i)
+                pages.append(value)
             else:
                 self._counters.add(set_errors=1, last_error="value is not one page of the pool")
-        stored = self._store_pages([keys[i] for i in live], [_flat_view(mapper, vals[i]) for i in live])
+        stored = self._store_pages([keys[i] for i in live], [_flat_view(mapper, v) for v in pages])
         return len(live) == len(keys) and all(stored)
 
     def exists_many(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
