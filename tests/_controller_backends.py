@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -143,6 +144,14 @@ class PageLayoutStore(DirStore):
         super().register_mem_pool_host(mem_pool_host)
 
 
+class SlowCtorStore(DirStore):
+    """Takes ``extra_config["ctor_delay_s"]`` seconds to start (a slow connection set-up)."""
+
+    def __init__(self, config: HiCacheStorageConfig) -> None:
+        time.sleep(float(config.extra().get("ctor_delay_s", 0.5)))
+        super().__init__(config)
+
+
 class FlakyPartialStore(DirStore):
     """Stores only the even-numbered pages of each write batch (partial success)."""
 
@@ -167,6 +176,7 @@ def make_registry() -> BackendRegistry:
     reg.register(BackendSpec(name="brokenctor", target=f"{mod}:FailingCtorStore"))
     reg.register(BackendSpec(name="pagestore", target=f"{mod}:PageLayoutStore"))
     reg.register(BackendSpec(name="partial", target=f"{mod}:FlakyPartialStore"))
+    reg.register(BackendSpec(name="slowstore", target=f"{mod}:SlowCtorStore"))
     return reg
 
 

@@ -242,3 +242,47 @@ def test_closed_controller_refuses_attach(pool: HostKVPool, tmp_path: Path) -> N
     assert not ctl.attached
     with pytest.raises(ControllerError, match="closed"):
         ctl.attach("dirstore", _extra(tmp_path))
+
+
+def test_old_backend_serves_while_new_one_builds(ctl: StorageController, pool: HostKVPool, tmp_path: Path) -> None:
+    import threading
+    import time
+
+    ctl.attach("dirstore", _extra(tmp_path))
+    outcome: list[str] = []
+    t = threading.Thread(
+        target=lambda: outcome.append(ctl.attach("slowstore", {**_extra(tmp_path, "slow"), "ctor_delay_s": 0.6}, replace=True))
+    )
+    t.start()
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    st = ctl.status()  # does not wait for the attach in progress
+    assert time.monotonic() - t0 < 0.3 and st["backend"] == "dirstore"
+    _roundtrip(ctl, pool)  # the old backend still serves during the build
+    t.join(5)
+    assert outcome and "replaced 'dirstore' with storage backend 'slowstore'" in outcome[0]
+    assert ctl.status()["backend"] == "slowstore"
+
+
+def test_attach_timeout_keeps_previous(pool: HostKVPool, tmp_path: Path) -> None:
+    ctl = make_controller(pool, attach_timeout_s=0.2)
+    try:
+        ctl.attach("dirstore", _extra(tmp_path))
+        before = ctl.backend
+        with pytest.raises(ControllerError, match="attach_timeout_s=0.2"):
+            ctl.attach("slowstore", {**_extra(tmp_path, "slow"), "ctor_delay_s": 0.6}, replace=True)
+        assert ctl.backend is before
+        _roundtrip(ctl, pool)
+    finally:
+        ctl.close()
+
+
+def test_admin_call_from_a_backup_callback(ctl: StorageController, pool: HostKVPool, tmp_path: Path) -> None:
+    """An on_done that detaches (runs on the backup thread) must neither deadlock nor raise."""
+    ctl.attach("dirstore", _extra(tmp_path))
+    hs = hashes(2)
+    idx = fill_pages(pool, hs)
+    said: list[str] = []
+    ctl.backup(hs, idx, lambda results: said.append(ctl.detach()))
+    _wait_for(lambda: bool(said))
+    assert "detached" in said[0] and not ctl.attached

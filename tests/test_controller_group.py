@@ -81,3 +81,19 @@ def test_rollback_after_partial_success(ranks: list[StorageController], tmp_path
 def test_group_needs_controllers() -> None:
     with pytest.raises(ValueError):
         ControllerGroup([])
+
+
+def test_idle_mode_checks_every_rank_first(tmp_path: Path) -> None:
+    busy = {1: "scheduler is not idle. #queue-req=2 #running-req=0"}
+    ctls = [make_controller(make_pool(pages=64), rank=r, idle_check=lambda r=r: busy.get(r)) for r in range(3)]
+    group = ControllerGroup(ctls)
+    try:
+        with pytest.raises(ControllerError) as err:
+            group.attach("dirstore", {"root": str(tmp_path)}, switch_mode="idle")
+        assert str(err.value) == "rank 1: Reject attach: scheduler is not idle. #queue-req=2 #running-req=0"
+        assert not any(c.attached for c in ctls)
+        busy.clear()
+        group.attach("dirstore", {"root": str(tmp_path)}, switch_mode="idle")
+        assert group.attached
+    finally:
+        group.close()

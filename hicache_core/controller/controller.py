@@ -290,54 +290,56 @@ class StorageController:
 
     # ================================================================== status
     def status(self) -> dict[str, Any]:
-        """JSON-serialisable state: backend, config, policies, breaker, counters, last error."""
-        with self._admin:
-            sess, spec = self._session, self._spec
-            with self._breaker_lock:
-                breaker = self._breaker.to_dict()
-            pending = sess.pending() if sess is not None else (0, 0)
-            faults = sess.fault_injector if sess is not None else None
-            return {
-                "rank": self.rank,
-                "state": self._state,
-                "backend": spec.backend if spec is not None else None,
-                "extra_config": redact(spec.extra_config) if spec is not None else None,
-                "prefetch_policy": self._prefetch_policy,
-                "write_policy": self._write_policy,
-                "policies": {
-                    "prefetch": self._prefetch_policy,
-                    "write": self._write_policy,
-                    **(spec.knobs.to_dict() if spec is not None else {}),
-                },
-                "attached_at": (
-                    datetime.fromtimestamp(sess.attached_at, timezone.utc).isoformat(timespec="seconds")
-                    if sess is not None else None
-                ),
-                "breaker": {**breaker, "auto_reattach": self.auto_reattach, "probe_interval_s": self.probe_interval_s},
-                "counters": self.metrics.snapshot(),
-                "queues": {"prefetch": pending[0], "backup": pending[1]},
-                "fault_injection": (
-                    {**faults.faults.to_dict(), "fail_all": faults.switch.fail_all, **faults.injected}
-                    if faults is not None else None
-                ),
-                "io_timeout_s": self.io_timeout_s,
-                "namespace_suffix": self._suffix,
-                "last_error": self._last_error,
-                "last_error_at": self._last_error_at,
-            }
+        """JSON-serialisable state: backend, config, policies, breaker, counters, last error.
+
+        Lock-free with respect to admin operations: it answers at once even while an attach
+        is building a slow backend (it then shows the state before that attach).
+        """
+        sess, spec, state = self._session, self._spec, self._state
+        with self._breaker_lock:
+            breaker = self._breaker.to_dict()
+        pending = sess.pending() if sess is not None else (0, 0)
+        faults = sess.fault_injector if sess is not None else None
+        return {
+            "rank": self.rank,
+            "state": state,
+            "backend": spec.backend if spec is not None else None,
+            "extra_config": redact(spec.extra_config) if spec is not None else None,
+            "prefetch_policy": self._prefetch_policy,
+            "write_policy": self._write_policy,
+            "policies": {
+                "prefetch": self._prefetch_policy,
+                "write": self._write_policy,
+                **(spec.knobs.to_dict() if spec is not None else {}),
+            },
+            "attached_at": (
+                datetime.fromtimestamp(sess.attached_at, timezone.utc).isoformat(timespec="seconds")
+                if sess is not None else None
+            ),
+            "breaker": {**breaker, "auto_reattach": self.auto_reattach, "probe_interval_s": self.probe_interval_s},
+            "counters": self.metrics.snapshot(),
+            "queues": {"prefetch": pending[0], "backup": pending[1]},
+            "fault_injection": (
+                {**faults.faults.to_dict(), "fail_all": faults.switch.fail_all, **faults.injected}
+                if faults is not None else None
+            ),
+            "io_timeout_s": self.io_timeout_s,
+            "namespace_suffix": self._suffix,
+            "last_error": self._last_error,
+            "last_error_at": self._last_error_at,
+        }
 
     def backend_view(self) -> dict[str, Any]:
-        """SGLang's ``GET /hicache/storage-backend`` fields, as now in force."""
-        with self._admin:
-            spec = self._spec if self._session is not None else None
-            return {
-                "hicache_storage_backend": spec.backend if spec is not None else None,
-                "hicache_storage_backend_extra_config_json": (
-                    json.dumps(redact(spec.extra_config)) if spec is not None and spec.extra_config else None
-                ),
-                "hicache_storage_prefetch_policy": self._prefetch_policy,
-                "hicache_write_policy": self._write_policy,
-            }
+        """SGLang's ``GET /hicache/storage-backend`` fields, as now in force (lock-free)."""
+        sess = self._session
+        spec = sess.spec if sess is not None else None
+        extra = self._spec.extra_config if sess is not None and self._spec is not None else None
+        return {
+            "hicache_storage_backend": spec.backend if spec is not None else None,
+            "hicache_storage_backend_extra_config_json": json.dumps(redact(extra)) if extra else None,
+            "hicache_storage_prefetch_policy": self._prefetch_policy,
+            "hicache_write_policy": self._write_policy,
+        }
 
     # ================================================================== request path
     def prefetch(self, page_hashes: list[str], prefix_hashes: list[str] | None = None) -> PrefetchOperation | None:

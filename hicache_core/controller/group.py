@@ -45,6 +45,8 @@ class ControllerGroup:
         replace: bool = False,
         switch_mode: str = "quiesce",
     ) -> str:
+        if switch_mode == "idle":  # every rank must be idle before any rank switches
+            self._check_idle_all("attach")
         before = [_snapshot(c) for c in self.controllers]
         messages: list[str] = []
         done: list[int] = []
@@ -64,9 +66,7 @@ class ControllerGroup:
     def detach(self, switch_mode: str = "quiesce") -> str:
         """Detach every rank; when ``idle`` mode refuses on one rank, nothing is detached."""
         if switch_mode == "idle":
-            for ctl in self.controllers:
-                if ctl.attached:
-                    ctl._check_idle("detach")
+            self._check_idle_all("detach")
         messages: list[str] = []
         errors: list[str] = []
         for ctl in self.controllers:
@@ -89,6 +89,18 @@ class ControllerGroup:
     def close(self) -> None:
         for ctl in self.controllers:
             ctl.close()
+
+    def _check_idle_all(self, op: str) -> None:
+        refusals = []
+        for ctl in self.controllers:
+            if op == "detach" and not ctl.attached:
+                continue  # nothing to switch on this rank
+            try:
+                ctl._check_idle(op)
+            except ControllerError as exc:
+                refusals.append(f"rank {ctl.rank}: {exc}")
+        if refusals:
+            raise ControllerError("; ".join(refusals))
 
     @staticmethod
     def _restore(ctl: StorageController, snap: dict[str, Any] | None) -> str:

@@ -169,6 +169,8 @@ class Session:
         self._bq.put(None)
         deadline = time.monotonic() + bound_s
         for t in self._threads:
+            if t is threading.current_thread():
+                continue  # an admin call made from this session's own callback
             t.join(max(0.0, deadline - time.monotonic()))
             if t.is_alive():
                 log.warning("%s did not stop within %.1f s; leaving it to finish on its own", t.name, bound_s)
@@ -251,6 +253,8 @@ class Session:
 
     def _run_prefetch(self, op: PrefetchOperation) -> str:
         """Load the leading pages of ``op``; returns why it stopped ('' = all loaded)."""
+        if not op.wanted():
+            return "taken before the L3 lookup started"
         ps = self.pool.page_size
         keys = self.keys(op.page_hashes)
         prefix = self.keys(op.prefix_hashes)
