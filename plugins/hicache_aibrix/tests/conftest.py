@@ -10,8 +10,6 @@ import pytest
 
 from hicache_core import HiCacheStorageConfig
 
-pytest.importorskip("aibrix_kvcache", reason="aibrix-kvcache is not installed: pip install 'aibrix-kvcache>=0.8,<0.9'")
-
 # Small L1 so a test run reserves one 1 GiB slab of virtual memory, not AIBrix's default ten.
 L1_GB = 0.05
 

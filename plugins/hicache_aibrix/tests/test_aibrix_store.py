@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("aibrix_kvcache", reason="aibrix-kvcache is not installed: pip install -e plugins/hicache_aibrix")
 import torch
 from hicache_aibrix.settings import ENV_PREFIX, parse_settings
 from hicache_aibrix.store import AIBrixStore

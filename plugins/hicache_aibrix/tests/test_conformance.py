@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("aibrix_kvcache", reason="aibrix-kvcache is not installed: pip install -e plugins/hicache_aibrix")
 from hicache_aibrix.store import AIBrixStore
 
 from hicache_core import HiCacheStorage, HiCacheStorageConfig, create_backend
