@@ -160,20 +160,30 @@ class BackendRegistry:
         allowed = allowed_plugin_names(self._environ)
         pm = pluggy.PluginManager(hookspecs.PROJECT)
         pm.add_hookspecs(hookspecs)
-        seen_eps: set[tuple[str, str]] = set()
+        seen_eps: set[tuple[str, str, str | None]] = set()
+        env = os.environ if self._environ is None else self._environ
         for ep in self._entry_points():
             dist, version = _dist_of(ep)
-            if (ep.name, ep.value) in seen_eps:  # the same dist visible twice on sys.path
+            if (ep.name, ep.value, dist) in seen_eps:  # the same dist visible twice on sys.path
                 continue
-            seen_eps.add((ep.name, ep.value))
+            seen_eps.add((ep.name, ep.value, dist))
+            try:
+                ep_attr, ep_module = ep.attr, ep.module
+            except Exception:  # a value importlib cannot parse must not break the listing
+                self._broken[ep.name] = BackendInfo(
+                    name=ep.name, status="unavailable", distribution=dist, version=version,
+                    reason=f"entry point value {ep.value!r} must be 'package.module:ClassName' "
+                    "or 'package.module'", source="class", target=ep.value,
+                )
+                continue
             if allowed is not None and ep.name not in allowed:
                 self._broken[ep.name] = BackendInfo(
                     name=ep.name, status="unavailable", distribution=dist, version=version,
-                    reason=f"disabled: not listed in {ALLOWLIST_ENV}={os.environ.get(ALLOWLIST_ENV, '')!r}",
-                    source="plugin" if ep.attr is None else "class", target=ep.value,
+                    reason=f"disabled: not listed in {ALLOWLIST_ENV}={env.get(ALLOWLIST_ENV, '')!r}",
+                    source="plugin" if ep_attr is None else "class", target=ep.value,
                 )
                 continue
-            if ep.attr is not None:
+            if ep_attr is not None:
                 try:
                     spec = BackendSpec(name=ep.name, target=ep.value)
                 except ValueError as exc:
@@ -185,7 +195,7 @@ class BackendRegistry:
                 self._add(spec, dist, version, "class")
                 continue
             try:
-                module = importlib.import_module(ep.module)
+                module = importlib.import_module(ep_module)
                 # Registration validates the module's hookimpls against the hookspecs.
                 if not pm.is_registered(module):
                     pm.register(module, name=f"{dist}:{ep.value}")
@@ -199,7 +209,7 @@ class BackendRegistry:
                 log.debug("plugin %s failed to load", ep.value, exc_info=True)
                 self._broken[ep.name] = BackendInfo(
                     name=ep.name, status="unavailable", distribution=dist, version=version,
-                    reason=f"plugin module {ep.module!r} failed to load: {type(exc).__name__}: {exc}",
+                    reason=f"plugin module {ep_module!r} failed to load: {type(exc).__name__}: {exc}",
                     source="plugin", target=ep.value,
                 )
                 continue
