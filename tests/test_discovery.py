@@ -228,7 +228,7 @@ def test_broken_plugin_is_listed_with_its_error_and_others_still_work(
     assert listed["broken"].distribution == "broken-dist"
     assert listed["badhook"].status == "unavailable" and "BackendSpec" in listed["badhook"].reason
     assert listed["missing-class"].status == "unavailable" and "Nope" in listed["missing-class"].reason
-    with pytest.raises(BackendLoadError, match="libfoo.so"):
+    with pytest.raises(BackendLoadError, match=r"libfoo\.so"):
         registry.spec("broken")
     assert "good" in registry.names()
 
@@ -279,7 +279,7 @@ def test_two_distributions_claiming_one_name_is_an_error_naming_both(
     row = rows(registry)["dup"]
     assert row.status == "unavailable"
     assert "first-dist" in row.reason and "second-dist" in row.reason
-    with pytest.raises(BackendLoadError, match="first-dist.*second-dist"):
+    with pytest.raises(BackendLoadError, match=r"first-dist.*second-dist"):
         create_backend("dup", HiCacheStorageConfig(), registry=registry)
 
 
@@ -302,7 +302,7 @@ def test_known_backend_not_installed_shows_install_hint() -> None:
 
 def test_unknown_backend_error_says_what_to_do() -> None:
     registry = BackendRegistry(entry_points_override=[], environ={})
-    with pytest.raises(BackendNotFoundError, match="hicache.backends.*dynamic"):
+    with pytest.raises(BackendNotFoundError, match=r"hicache\.backends.*dynamic"):
         registry.spec("nosuchstore")
 
 
