@@ -1,0 +1,43 @@
+"""Small helpers shared by hicache-nixl's tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from hicache_core import HiCacheStorageConfig, HostKVPool, create_backend
+from hicache_core.spec.storage import HiCacheStorage
+
+
+def make_pool(pages: int = 64, page_size: int = 16, layout: str = "page_first", is_mla: bool = False,
+              layer_num: int = 2, head_num: int = 2, head_dim: int = 8) -> HostKVPool:
+    return HostKVPool(size=pages * page_size, page_size=page_size, layer_num=layer_num, head_num=head_num,
+                      head_dim=head_dim, dtype=torch.bfloat16, layout=layout, is_mla=is_mla)
+
+
+def open_nixl(extra: dict[str, Any], pool: HostKVPool | None = None, **config: Any) -> HiCacheStorage:
+    cfg = HiCacheStorageConfig(model_name=config.pop("model_name", "test-model"), extra_config=extra, **config)
+    return create_backend("nixl", cfg, mem_pool_host=pool)
+
+
+def fill(pool: HostKVPool, n: int, seed: int) -> tuple[torch.Tensor, list[bytes]]:
+    """Allocate n pages and write random bytes into them; returns indices and the bytes."""
+    idx = pool.alloc(n * pool.page_size)
+    assert idx is not None
+    gen = torch.Generator().manual_seed(seed)
+    expected = []
+    for page in pool.indices_to_pages(idx):
+        raw = torch.randint(0, 256, (pool.page_bytes,), dtype=torch.uint8, generator=gen)
+        pool.write_page(page, raw.view(pool.dtype))
+        expected.append(page_bytes(pool, page))
+    return idx, expected
+
+
+def page_bytes(pool: HostKVPool, page: int) -> bytes:
+    """A page's bytes in storage order: its pieces one after another (K then V)."""
+    return b"".join(bytes(v) for v in pool.page_memoryviews(page))
+
+
+def read_pages(pool: HostKVPool, idx: torch.Tensor) -> list[bytes]:
+    return [page_bytes(pool, p) for p in pool.indices_to_pages(idx)]
