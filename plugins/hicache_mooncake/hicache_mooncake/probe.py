@@ -12,6 +12,7 @@ import ctypes.util
 import importlib.util
 import os
 
+PACKAGE = "mooncake"
 LIBIBVERBS = "libibverbs.so.1"
 APT_HINT = "apt-get install -y libibverbs1"
 PIP_HINT = "pip install hicache-mooncake  (CPU build: mooncake-transfer-engine-non-cuda)"
@@ -34,7 +35,7 @@ def libibverbs_reason() -> str | None:
 def mooncake_package_reason() -> str | None:
     """None when the ``mooncake`` package with its ``store`` extension is installed."""
     try:
-        spec = importlib.util.find_spec("mooncake")
+        spec = importlib.util.find_spec(PACKAGE)
     except (ImportError, ValueError):
         spec = None
     if spec is None or not spec.submodule_search_locations:

@@ -1,0 +1,21 @@
+"""The storage conformance kit against a real Mooncake cluster (master + storage node on TCP)."""
+
+from __future__ import annotations
+
+import pytest
+
+from hicache_core import HiCacheStorageConfig
+from hicache_core.testing import StorageConformanceTests
+from hicache_mooncake.cluster import LocalMooncakeCluster
+
+
+class TestMooncakeConformance(StorageConformanceTests):
+    """Through the installed entry point; the backend contributes no memory, so every page
+    lives in the separate storage-node process and crosses a TCP connection."""
+
+    backend_name = "mooncake"
+
+    @pytest.fixture
+    def storage_config(self, mooncake_cluster: LocalMooncakeCluster) -> HiCacheStorageConfig:
+        return HiCacheStorageConfig(model_name="conformance-model", extra_config=mooncake_cluster.extra_config())
+
