@@ -44,17 +44,6 @@ def parse_mounts(text: str) -> list[Mount]:
     return mounts
 
 
-def _existing_ancestor(path: str) -> str:
-    # The rank file may not exist yet; its directory (or a parent) decides the mount.
-    current = os.path.realpath(os.path.abspath(path))
-    while not os.path.exists(current):
-        parent = os.path.dirname(current)
-        if parent == current:
-            break
-        current = parent
-    return current
-
-
 def mount_of(path: str, mounts_text: str | None = None) -> Mount | None:
     """The mount that holds ``path`` (the longest mount point above it), or None."""
     if mounts_text is None:
@@ -63,7 +52,8 @@ def mount_of(path: str, mounts_text: str | None = None) -> Mount | None:
                 mounts_text = fh.read()
         except OSError:
             return None
-    target = _existing_ancestor(path)
+    # realpath resolves the symlinks of the part that exists; the rank file may not exist yet.
+    target = os.path.realpath(os.path.abspath(path))
     best: Mount | None = None
     for mount in parse_mounts(mounts_text):
         mp = mount.mount_point.rstrip("/") or "/"

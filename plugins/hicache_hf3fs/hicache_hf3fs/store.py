@@ -13,6 +13,7 @@ one runs is in ``get_stats()["mode"]``.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import logging
 import os
@@ -279,9 +280,15 @@ class Hf3fsStore(HiCacheStorage):
         results = io.batch_write([allocs[i].slot * pb for i in new], [sources[i] for i in new])
         written = [SlotRef(skeys[i], allocs[i].slot, allocs[i].gen) for i, r in zip(new, results) if r == pb]
         wrote = [i for i, r in zip(new, results) if r == pb]
-        aborted = [SlotRef(skeys[i], allocs[i].slot, allocs[i].gen) for i, r in zip(new, results) if r != pb]
-        if aborted:
-            log.warning("hf3fs: %d of %d page writes failed: %s", len(aborted), len(new),
+        # A timed-out write may still land later: its slot stays "being written" until the
+        # lease runs out instead of going back to the free list under another page's data.
+        aborted = [
+            SlotRef(skeys[i], allocs[i].slot, allocs[i].gen)
+            for i, r in zip(new, results) if r != pb and r != -errno.ETIMEDOUT
+        ]
+        timed_out = sum(r == -errno.ETIMEDOUT for r in results)
+        if aborted or timed_out:
+            log.warning("hf3fs: %d of %d page writes failed: %s", len(aborted) + timed_out, len(new),
                         sorted({r for r in results if r != pb})[:4])
         try:
             confirmed = self.metadata.confirm(written, aborted)
@@ -296,7 +303,7 @@ class Hf3fsStore(HiCacheStorage):
         self._count(
             write_pages=n, write_stored=stored,
             write_already_stored=sum(a.status == EXISTS for a in allocs),
-            write_no_space=sum(a.status == FULL for a in allocs), write_io_errors=len(aborted),
+            write_no_space=sum(a.status == FULL for a in allocs), write_io_errors=len(aborted) + timed_out,
             write_lost_lease=len(confirmed) - stored, bytes_written=stored * pb,
         )
         return out
