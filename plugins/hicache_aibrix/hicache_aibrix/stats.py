@@ -17,6 +17,7 @@ _COUNTERS = (
     "delete_errors",
     "handles_acquired",
     "handles_released",
+    "calls_after_close",
 )
 
 

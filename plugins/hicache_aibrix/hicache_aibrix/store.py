@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import threading
@@ -19,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
@@ -84,6 +85,32 @@ def import_aibrix(settings: AIBrixSettings) -> ModuleType:
         )
     module: ModuleType = aibrix_kvcache
     return module
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _miss_when_closed(miss: Callable[[list[str]], Any]) -> Callable[[_Method], _Method]:
+    """After ``close()``, answer a batch call with misses (counted) instead of raising.
+
+    A controller may detach a backend while request threads are still calling it.
+    """
+
+    def decorate(method: _Method) -> _Method:
+        @functools.wraps(method)
+        def wrapper(self: AIBrixStore, keys: list[str], *args: Any, **kwargs: Any) -> Any:
+            if self._closed:
+                self._counters.add(calls_after_close=1)
+                return miss(keys)
+            return method(self, keys, *args, **kwargs)
+
+        return cast(_Method, wrapper)
+
+    return decorate
+
+
+def _all_false(keys: list[str]) -> list[bool]:
+    return [False] * len(keys)
 
 
 class AIBrixStore(HiCacheStorage):
@@ -359,6 +386,9 @@ class AIBrixStore(HiCacheStorage):
         return self.exists_many([key])[0]
 
     def delete(self, key: str) -> bool:
+        if self._closed:
+            self._counters.add(calls_after_close=1)
+            return False
         manager = self._require_manager()
         try:
             status = manager.delete(None, self._hashes([key]))
@@ -371,6 +401,7 @@ class AIBrixStore(HiCacheStorage):
         return True
 
     # ------------------------------------------------------------------ bulk
+    @_miss_when_closed(lambda keys: [None] * len(keys))
     def batch_get(self, keys: list[str], target_locations: Any | None = None,
                   target_sizes: Any | None = None) -> list[torch.Tensor | None]:
         pool = self._pool()
@@ -396,6 +427,7 @@ class AIBrixStore(HiCacheStorage):
                 out[i] = targets[i]
         return out
 
+    @_miss_when_closed(lambda keys: False)
     def batch_set(self, keys: list[str], values: Any | None = None, target_locations: Any | None = None,
                   target_sizes: Any | None = None) -> bool:
         self._pool()
@@ -413,10 +445,12 @@ class AIBrixStore(HiCacheStorage):
         stored = self._store_pages([keys[i] for i in live], [_flat_view(mapper, v) for v in pages])
         return len(live) == len(keys) and all(stored)
 
+    @_miss_when_closed(_all_false)
     def exists_many(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
         manager = self._require_manager()
         return [self._count_existing(manager, [k]) == 1 for k in keys]
 
+    @_miss_when_closed(lambda keys: 0)
     def batch_exists(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> int:
         manager = self._require_manager()
         total = 0
@@ -441,6 +475,7 @@ class AIBrixStore(HiCacheStorage):
         return 0
 
     # ------------------------------------------------------------------ v1: pool pages in place
+    @_miss_when_closed(_all_false)
     def batch_get_v1(self, keys: list[str], host_indices: torch.Tensor,
                      extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
         pool = self._pool_for_v1(keys, host_indices)
@@ -449,6 +484,7 @@ class AIBrixStore(HiCacheStorage):
         pages = pool.indices_to_pages(host_indices)
         return self._load_pages(list(keys), [_pool_view(mapper, p) for p in pages])
 
+    @_miss_when_closed(_all_false)
     def batch_set_v1(self, keys: list[str], host_indices: torch.Tensor,
                      extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
         pool = self._pool_for_v1(keys, host_indices)

@@ -355,3 +355,18 @@ def test_remote_connector_without_its_client_says_what_it_needs(connector: str, 
         pytest.skip(f"the {module} client is installed here; this checks the message when it is not")
     with pytest.raises(BackendConfigError, match=f"{connector} connector needs"):
         open_store(l2_backend=connector)
+
+
+def test_calls_after_close_are_misses_and_health_check_fails(open_store: OpenStore) -> None:
+    store, pool = open_store(l2_backend="ROCKSDB")
+    idx = _random_pages(pool, 2, seed=9)
+    assert store.batch_set_v1(["c0", "c1"], idx) == [True, True]
+    store.close()
+    assert store.batch_get_v1(["c0", "c1"], idx) == [False, False]
+    assert store.batch_set_v1(["c2"], idx[: pool.page_size]) == [False]
+    assert store.exists("c0") is False and store.batch_exists(["c0"]) == 0
+    assert store.get("c0") is None and store.set("c3", pool.read_page(0)) is False
+    assert store.delete("c0") is False
+    assert store.get_stats()["calls_after_close"] == 7
+    with pytest.raises(Exception, match="closed"):
+        store.health_check()
