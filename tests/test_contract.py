@@ -94,7 +94,7 @@ def test_newer_minor_is_accepted_with_a_warning(caplog: pytest.LogCaptureFixture
 
 
 def test_garbled_version_is_refused() -> None:
-    with pytest.raises(ContractVersionError, match="MAJOR.MINOR"):
+    with pytest.raises(ContractVersionError, match=r"MAJOR\.MINOR"):
         check_contract_version(GarbledStore, "garbled")
 
 
@@ -112,7 +112,7 @@ def test_parse_contract_version(value: object, expect: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("value", [True, "1.0.0", "", "a.b", None, (1, "0")])
 def test_parse_contract_version_rejects(value: object) -> None:
-    with pytest.raises(ValueError, match="MAJOR.MINOR"):
+    with pytest.raises(ValueError, match=r"MAJOR\.MINOR"):
         parse_contract_version(value)
 
 
