@@ -1,0 +1,168 @@
+"""The host (L2) pool: shapes per layout, zero-copy page metadata, allocation."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from hicache_core import HostKVPool, LayoutError
+from hicache_core.memory.host_pool import LAYOUTS
+
+PAGE, LAYERS, HEADS, DIM, PAGES = 4, 3, 2, 8, 6
+CASES = [(layout, mla) for layout in LAYOUTS for mla in (False, True)]
+IDS = [f"{layout}-{'mla' if mla else 'mha'}" for layout, mla in CASES]
+
+
+def make(layout: str, mla: bool, dtype: torch.dtype = torch.bfloat16) -> HostKVPool:
+    return HostKVPool(size=PAGES * PAGE, page_size=PAGE, layer_num=LAYERS, head_num=HEADS, head_dim=DIM,
+                      dtype=dtype, layout=layout, is_mla=mla, pin_memory=False)
+
+
+def owner_map(pool: HostKVPool) -> np.ndarray:
+    """For every byte of the buffer, 1 + the page whose metadata piece covers it (0: none)."""
+    base = pool.kv_buffer.data_ptr()
+    total = pool.kv_buffer.numel() * pool.itemsize
+    owner = np.zeros(total, dtype=np.int32)
+    for page in range(pool.page_num):
+        ptrs, sizes = pool.get_page_buffer_meta(pool.pages_to_indices([page]))
+        assert len(ptrs) == len(sizes) == pool.pieces_per_page()
+        assert sum(sizes) == pool.page_bytes
+        for ptr, size in zip(ptrs, sizes):
+            start = ptr - base
+            assert 0 <= start and start + size <= total, "piece outside the buffer"
+            assert not owner[start : start + size].any(), "two pieces overlap"
+            owner[start : start + size] = page + 1
+    return owner
+
+
+@pytest.mark.parametrize(("layout", "mla"), CASES, ids=IDS)
+def test_meta_pieces_tile_the_buffer_exactly(layout: str, mla: bool) -> None:
+    pool = make(layout, mla)
+    owner = owner_map(pool)
+    assert owner.all(), "some bytes of the buffer belong to no page"
+    assert pool.page_bytes * pool.page_num == owner.size
+
+
+@pytest.mark.parametrize(("layout", "mla"), CASES, ids=IDS)
+def test_meta_pieces_are_exactly_the_bytes_a_page_write_touches(layout: str, mla: bool) -> None:
+    pool = make(layout, mla)
+    owner = owner_map(pool)
+    raw = pool.kv_buffer.view(-1).view(torch.uint8).numpy()
+    for page in range(pool.page_num):
+        pool.kv_buffer.zero_()
+        pool.write_page(page, torch.full((pool.page_bytes // pool.itemsize,), 1.5, dtype=pool.dtype))
+        touched = raw != 0
+        assert np.array_equal(touched, owner == page + 1), f"page {page}: write and metadata disagree"
+
+
+@pytest.mark.parametrize(("layout", "mla"), CASES, ids=IDS)
+def test_page_memoryviews_are_the_pieces_without_copy(layout: str, mla: bool) -> None:
+    pool = make(layout, mla)
+    page = 2
+    views = pool.page_memoryviews(page)
+    ptrs, sizes = pool.get_page_buffer_meta(pool.pages_to_indices([page]))
+    assert [v.nbytes for v in views] == sizes
+    assert [np.frombuffer(v, dtype=np.uint8).ctypes.data for v in views] == ptrs
+    for v in views:
+        v[:] = b"\x7f" * v.nbytes  # through the view, into the pool
+    flat = pool.read_page(page).view(torch.uint8)
+    assert bool((flat == 0x7F).all())
+    assert bool((pool.read_page(1).view(torch.uint8) == 0).all()), "a neighbouring page changed"
+
+
+@pytest.mark.parametrize(("layout", "mla"), CASES, ids=IDS)
+def test_shapes_and_sizes(layout: str, mla: bool) -> None:
+    pool = make(layout, mla, dtype=torch.float16)
+    heads = 1 if mla else HEADS
+    per_token = LAYERS * heads * DIM * 2 * (1 if mla else 2)
+    assert pool.get_size_per_token() == per_token and pool.page_bytes == per_token * PAGE
+    assert pool.kv_buffer.numel() * 2 == per_token * PAGES * PAGE
+    expected = {
+        ("layer_first", False): (2, LAYERS, PAGES * PAGE, HEADS, DIM),
+        ("page_first", False): (2, PAGES * PAGE, LAYERS, HEADS, DIM),
+        ("page_first_direct", False): (2, PAGES, LAYERS, PAGE, HEADS, DIM),
+        ("layer_first", True): (LAYERS, PAGES * PAGE, 1, DIM),
+        ("page_first", True): (PAGES * PAGE, LAYERS, 1, DIM),
+        ("page_first_direct", True): (PAGES, LAYERS, PAGE, 1, DIM),
+    }[(layout, mla)]
+    assert tuple(pool.kv_buffer.shape) == expected
+    assert pool.is_page_first_layout == (layout != "layer_first")
+
+
+@pytest.mark.parametrize(("layout", "mla"), CASES, ids=IDS)
+def test_flat_page_round_trip(layout: str, mla: bool) -> None:
+    pool = make(layout, mla, dtype=torch.float32)
+    data = torch.arange(pool.page_bytes // 4, dtype=torch.float32)
+    pool.set_from_flat_data_page(3 * PAGE, data)
+    assert torch.equal(pool.get_data_page(3 * PAGE, flat=True), data)
+    assert torch.equal(pool.read_page(3), data)
+    dummy = pool.get_dummy_flat_data_page()
+    assert dummy.numel() == data.numel() and not bool(dummy.any())
+    with pytest.raises(ValueError, match="elements"):
+        pool.set_from_flat_data_page(0, data[:-1])
+
+
+def test_alloc_and_free() -> None:
+    pool = make("page_first", False)
+    assert pool.available_size() == PAGES * PAGE
+    a = pool.alloc(2 * PAGE)
+    assert a is not None and a.dtype == torch.int64 and a.numel() == 2 * PAGE
+    assert bool((a[::PAGE] % PAGE == 0).all()), "page aligned"
+    assert pool.available_size() == (PAGES - 2) * PAGE
+    assert pool.alloc((PAGES - 1) * PAGE) is None, "too few pages"
+    assert pool.available_size() == (PAGES - 2) * PAGE, "a refused alloc takes nothing"
+    b = pool.alloc((PAGES - 2) * PAGE)
+    assert b is not None
+    assert set(pool.indices_to_pages(a)).isdisjoint(pool.indices_to_pages(b))
+    assert pool.free(a) == 2 * PAGE and pool.available_size() == 2 * PAGE
+    with pytest.raises(ValueError, match="multiple of page_size"):
+        pool.alloc(PAGE + 1)
+
+
+def test_index_page_conversions() -> None:
+    pool = make("page_first", False)
+    idx = pool.pages_to_indices([5, 0, 2])
+    assert idx.tolist()[:PAGE] == [20, 21, 22, 23]
+    assert pool.indices_to_pages(idx) == [5, 0, 2]
+    with pytest.raises(ValueError, match="not page aligned"):
+        pool.indices_to_pages(torch.arange(1, PAGE + 1))
+    with pytest.raises(ValueError, match="whole number of pages"):
+        pool.indices_to_pages(torch.arange(PAGE + 1))
+
+
+def test_alloc_is_thread_safe() -> None:
+    pool = HostKVPool(size=400 * 2, page_size=2, layer_num=1, head_num=1, head_dim=2, dtype=torch.float32)
+    got: list[list[int]] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        mine = []
+        for _ in range(50):
+            idx = pool.alloc(2)
+            assert idx is not None
+            mine += pool.indices_to_pages(idx)
+        with lock:
+            got.append(mine)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    pages = [p for mine in got for p in mine]
+    assert len(pages) == len(set(pages)) == 400 and pool.available_size() == 0
+
+
+def test_bad_construction_and_layout_requirement() -> None:
+    with pytest.raises(LayoutError, match="page_first"):
+        HostKVPool(size=8, page_size=4, layer_num=1, head_num=1, head_dim=4, layout="weird")
+    with pytest.raises(ValueError, match="multiple of page_size"):
+        HostKVPool(size=10, page_size=4, layer_num=1, head_num=1, head_dim=4)
+    with pytest.raises(ValueError, match="positive"):
+        HostKVPool(size=8, page_size=4, layer_num=0, head_num=1, head_dim=4)
+    with pytest.raises(LayoutError, match="--hicache-mem-layout page_first"):
+        make("layer_first", False).require_page_layout("mooncake")
+    make("page_first_direct", True).require_page_layout("mooncake")
