@@ -95,6 +95,15 @@ class NodeConfig:
         return out
 
 
+class _RankRef:
+    """Lets a controller ask its rank (built after it) whether the rank is idle."""
+
+    rank: CacheRank | None = None
+
+    def idle_reason(self) -> str | None:
+        return self.rank.idle_reason() if self.rank is not None else None
+
+
 class Node:
     """The ranks, their controllers, routing, admin and status."""
 
@@ -119,18 +128,18 @@ class Node:
                     tp_rank=0, tp_size=1, dp_rank=r, is_mla_model=shape.is_mla,
                     is_page_first_layout=host_pool.is_page_first_layout, model_name=shape.name,
                 )
-                holder: list[CacheRank] = []
+                holder = _RankRef()
                 ctl = StorageController(
                     host_pool, storage_config, registry=registry, metrics_registry=self.metrics_registry,
                     rank=r, breaker_threshold=config.breaker_threshold, auto_reattach=config.auto_reattach,
                     probe_interval_s=config.probe_interval_s,
-                    idle_check=lambda holder=holder: holder[0].idle_reason() if holder else None,
+                    idle_check=holder.idle_reason,
                     io_timeout_s=config.io_timeout_s, prefetch_policy=config.prefetch_policy,
                     write_policy=config.write_policy,
                 )
                 controllers.append(ctl)
                 rank = CacheRank(r, host_pool, device_pool, ctl)
-                holder.append(rank)
+                holder.rank = rank
                 self.ranks.append(rank)
         except Exception:
             for ctl in controllers:

@@ -103,6 +103,7 @@ class RankCounters:
     evicted_host_pages: int = 0
     prefetch_ops: int = 0
     prefetch_pages: int = 0
+    backup_waits: int = 0  # times a full L2 waited for backups (back-pressure)
 
     def to_dict(self) -> dict[str, Any]:
         out = dict(self.__dict__)
@@ -119,8 +120,10 @@ class CacheRank:
         host_pool: HostKVPool,
         device_pool: DevicePool,
         controller: StorageController,
+        backup_wait_s: float = 5.0,
     ) -> None:
         self.rank = rank
+        self.backup_wait_s = backup_wait_s
         self.host_pool = host_pool
         self.host = HostPages(host_pool)
         self.device = device_pool
@@ -136,6 +139,7 @@ class CacheRank:
         self._state_lock = threading.Lock()
         self._waiting = 0
         self._running = 0
+        self._inflight_pages = 0  # pages handed to controller.backup() and not yet applied
 
     # ------------------------------------------------------------------ idle check (SGLang strict mode)
     def idle_reason(self) -> str | None:
@@ -400,26 +404,34 @@ class CacheRank:
             self._insert_l2([missing[i] for i in to_host], rows[to_host], backups)
 
     def _insert_l2(self, hashes: Sequence[str], rows: torch.Tensor, backups: list[str]) -> int:
-        """Write pages into L2 (evicting LRU pages for room); returns how many were placed."""
-        pairs = [(h, rows[i]) for i, h in enumerate(hashes) if h not in self.l2]
-        if not pairs:
-            return 0
-        self._make_host_room(len(pairs))
-        free_pages = self.host_pool.available_size() // self.page_size
-        pairs = pairs[:free_pages]
-        if not pairs:
-            return 0
-        indices = self.host_pool.alloc(len(pairs) * self.page_size)
-        if indices is None:
-            return 0
-        pages = self.host_pool.indices_to_pages(indices)
-        self.host.write(pages, torch.stack([r for _, r in pairs]))
-        self.counters.bytes_device_to_host += len(pairs) * self.page_bytes
-        for (h, _), page in zip(pairs, pages):
-            self.l2.add(h, page)
-            if self.controller.should_backup("insert"):
-                backups.append(h)
-        return len(pairs)
+        """Write pages into L2, evicting LRU pages for room; returns how many were placed.
+
+        Pages go in chunks of at most a quarter of L2, and each chunk's ``insert`` backups are
+        issued at once, so a request larger than L2 still reaches L3 page by page.
+        """
+        todo = [i for i, h in enumerate(hashes) if h not in self.l2]
+        chunk = max(1, self.l2.capacity // 4)
+        placed = 0
+        for c in range(0, len(todo), chunk):
+            part = todo[c : c + chunk]
+            self._make_host_room(len(part))
+            part = part[: self.host_pool.available_size() // self.page_size]
+            if not part:
+                break
+            indices = self.host_pool.alloc(len(part) * self.page_size)
+            if indices is None:
+                break
+            pages = self.host_pool.indices_to_pages(indices)
+            self.host.write(pages, rows[part])
+            self.counters.bytes_device_to_host += len(part) * self.page_bytes
+            new: list[str] = []
+            for i, page in zip(part, pages):
+                self.l2.add(hashes[i], page)
+                if self.controller.should_backup("insert"):
+                    new.append(hashes[i])
+            self._issue_backups(new)
+            placed += len(part)
+        return placed
 
     # ------------------------------------------------------------------ eviction
     def _alloc_device(self, want: int) -> list[int]:
@@ -433,11 +445,7 @@ class CacheRank:
         short = want - len(slots)
         if short <= 0:
             return slots
-        victims = []
-        for h, entry in self.l1.evictable():
-            victims.append((h, entry.slot))
-            if len(victims) >= short:
-                break
+        victims = [(h, entry.slot) for h, entry in self.l1.evictable(short)]
         if victims and self.controller.write_policy == "write_back":
             down = [(h, s) for h, s in victims if h not in self.l2]
             if down:
@@ -451,27 +459,49 @@ class CacheRank:
         return slots
 
     def _make_host_room(self, pages: int) -> None:
-        """Evict LRU L2 pages until ``pages`` are free (or nothing more may go)."""
+        """Evict LRU L2 pages until ``pages`` are free (or nothing more may go).
+
+        Pages whose backup is in flight may not go; when they block the room, wait for
+        backups to finish (up to ``backup_wait_s``): back-pressure, so that write-through
+        really writes every page through instead of dropping what L3 could not take yet.
+        """
         self.drain_backups()
-        short = pages - self.host_pool.available_size() // self.page_size
-        if short <= 0:
-            return
-        backups: list[str] = []
-        freed: list[int] = []
-        for h, entry in self.l2.evictable():
+        deadline = time.monotonic() + self.backup_wait_s
+        while True:
+            short = pages - self.host_pool.available_size() // self.page_size
             if short <= 0:
-                break
-            if self._needs_backup(h) and self.controller.should_backup("evict"):
-                entry.evict_when_backed_up = True  # freed once its backup is done
-                backups.append(h)
-                continue
-            self.l2.remove(h)
-            freed.append(entry.slot)
-            short -= 1
-        if freed:
-            self.host_pool.free(self.host_pool.pages_to_indices(freed))
-            self.counters.evicted_host_pages += len(freed)
-        self._issue_backups(backups)
+                return
+            backups: list[str] = []
+            freed: list[int] = []
+            for h, entry in self.l2.evictable(short):
+                if self._needs_backup(h) and self.controller.should_backup("evict"):
+                    entry.evict_when_backed_up = True  # freed once its backup is done
+                    backups.append(h)
+                    continue
+                self.l2.remove(h)
+                freed.append(entry.slot)
+                short -= 1
+            if freed:
+                self.host_pool.free(self.host_pool.pages_to_indices(freed))
+                self.counters.evicted_host_pages += len(freed)
+            self._issue_backups(backups)
+            if short <= 0 or not self._wait_backup_done(deadline):
+                return
+
+    def _wait_backup_done(self, deadline: float) -> bool:
+        """Block until one backup completes (applied) or ``deadline``; False when none is pending."""
+        if self._inflight_pages == 0:
+            return False
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            item = self._done.get(timeout=remaining)
+        except queue.Empty:
+            return False
+        self._done.put(item)
+        self.counters.backup_waits += 1
+        return self.drain_backups() > 0
 
     # ------------------------------------------------------------------ L2 -> L3
     def _issue_backups(self, hashes: list[str]) -> None:
@@ -495,6 +525,7 @@ class CacheRank:
         epoch = self.storage_epoch
         done = self._done
         self.counters.backup_pages_queued += len(todo)
+        self._inflight_pages += len(todo)
 
         def on_done(results: list[bool]) -> None:
             done.put((todo, epoch, list(results)))
@@ -511,6 +542,7 @@ class CacheRank:
                 except queue.Empty:
                     break
                 n += 1
+                self._inflight_pages -= len(hashes)
                 freed: list[int] = []
                 for i, h in enumerate(hashes):
                     entry = self.l2.get(h)
@@ -564,7 +596,7 @@ class CacheRank:
         while time.monotonic() < deadline:
             self.drain_backups()
             with self._lock:
-                if self.l2.counts()["backups_in_flight"] == 0:
+                if self._inflight_pages == 0:
                     return True
             sleep(0.02)
         return False

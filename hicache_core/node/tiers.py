@@ -8,7 +8,6 @@ host pool hand out the slots; the index records them.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -55,11 +54,17 @@ class TierIndex:
     def remove(self, page_hash: str) -> PageEntry:
         return self._entries.pop(page_hash)
 
-    def evictable(self) -> Iterator[tuple[str, PageEntry]]:
-        """Pages that may be evicted, least recently used first (a snapshot: safe to remove)."""
-        for page_hash, entry in list(self._entries.items()):
+    def evictable(self, limit: int) -> list[tuple[str, PageEntry]]:
+        """Up to ``limit`` pages that may be evicted, least recently used first."""
+        out: list[tuple[str, PageEntry]] = []
+        if limit <= 0:
+            return out
+        for page_hash, entry in self._entries.items():
             if entry.refs == 0 and entry.backups == 0 and not entry.evict_when_backed_up:
-                yield page_hash, entry
+                out.append((page_hash, entry))
+                if len(out) >= limit:
+                    break
+        return out
 
     def leading_hits(self, page_hashes: tuple[str, ...], start: int = 0) -> int:
         """How many pages from ``start`` on are cached here, consecutively."""

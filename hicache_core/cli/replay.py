@@ -1,0 +1,98 @@
+"""``hicache replay``: replay a Mooncake-format trace against a node (HTTP or in-process)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    from hicache_core.node.cli_args import add_node_arguments
+
+    p: argparse.ArgumentParser = sub.add_parser(
+        "replay", help="replay a Mooncake trace against a node; hit ratio per tier, verification, plot",
+        description="Without --url an in-process node is built from the node flags below.",
+    )
+    p.add_argument("trace", nargs="?", default=None,
+                   help="Mooncake-format .jsonl (default: the bundled sample of the conversation trace)")
+    p.add_argument("--url", help="a running node (hicache serve); default: an in-process node")
+    p.add_argument("--api-key", default=None, help="bearer key sent with requests (if the node wants one)")
+    p.add_argument("--limit", type=int, default=None, help="replay the first N requests")
+    pace = p.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, default=None,
+                      help="follow the trace's timestamps, F times faster (e.g. 10)")
+    pace.add_argument("--as-fast-as-possible", action="store_true", help="ignore timestamps (the default)")
+    p.add_argument("--concurrency", type=int, default=1, help="requests in flight (default 1)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
+    p.add_argument("--plot", default=None, help="write hit ratio per tier over trace time to this PNG")
+    p.add_argument("--unbounded", action="store_true",
+                   help="in-process node: size L1 to hold every page of the replayed requests "
+                        "(gives the trace's own prefix-reuse figure)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_node_arguments(p)
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from hicache_core.controller import ControllerError
+    from hicache_core.replay.reference import prefix_reuse
+    from hicache_core.replay.report import print_report, write_plot
+    from hicache_core.replay.runner import replay
+    from hicache_core.replay.targets import HttpTarget, LocalTarget, Target
+    from hicache_core.replay.trace import load_trace, sample_trace_path
+    from hicache_core.spec.errors import HiCacheError
+
+    err = Console(stderr=True)
+    try:
+        requests = load_trace(args.trace or sample_trace_path(), args.limit)
+    except (OSError, ValueError) as exc:
+        err.print(f"[red]{exc}[/]")
+        return 2
+    if not requests:
+        err.print("[red]the trace holds no requests[/]")
+        return 2
+    target: Target
+    if args.url:
+        http = HttpTarget(args.url, api_key=args.api_key)
+        try:
+            http.wait_ready(10.0)
+        except RuntimeError as exc:
+            err.print(f"[red]{exc}[/]")
+            return 1
+        target = http
+    else:
+        from hicache_core.node.cli_args import node_config_from_args
+        from hicache_core.node.node import Node
+
+        try:
+            config = node_config_from_args(args)
+            if args.unbounded:
+                blocks = prefix_reuse(requests).distinct_blocks
+                config.device_capacity_tokens = (blocks + 1) * 512
+                config.host_capacity_tokens = config.page_size * 8
+            node = Node(config)
+        except (ControllerError, HiCacheError, ValueError) as exc:
+            err.print(f"[red]{exc}[/]")
+            return 2
+        target = LocalTarget(node)
+    try:
+        result = replay(target, requests, speed=args.speed, concurrency=args.concurrency,
+                        progress=not args.no_progress and not args.json)
+    finally:
+        target.close()
+    if args.json:
+        summary = result.summary()
+        print(json.dumps(summary))
+    else:
+        summary = print_report(result, Console())
+    if args.plot:
+        path = write_plot(result, args.plot)
+        err.print(f"plot written to {path}")
+    bad = summary["failed_requests"] or summary["verify_errors"]
+    if bad:
+        err.print(f"[red]{summary['failed_requests']} failed request(s), {summary['verify_errors']} "
+                  "verification error(s)[/]")
+    return 1 if bad else 0
