@@ -269,7 +269,7 @@ def test_attach_timeout_keeps_previous(pool: HostKVPool, tmp_path: Path) -> None
     try:
         ctl.attach("dirstore", _extra(tmp_path))
         before = ctl.backend
-        with pytest.raises(ControllerError, match="attach_timeout_s=0.2"):
+        with pytest.raises(ControllerError, match=r"attach_timeout_s=0\.2"):
             ctl.attach("slowstore", {**_extra(tmp_path, "slow"), "ctor_delay_s": 0.6}, replace=True)
         assert ctl.backend is before
         _roundtrip(ctl, pool)

@@ -38,10 +38,12 @@ def test_switch_under_load(tmp_path: Path) -> None:
         rng = random.Random(seed)
         chains = [hashes(rng.randint(4, 40)) for _ in range(4)]
         job = 0
+        outstanding = threading.BoundedSemaphore(4)  # back-pressure, as an engine has
         try:
             while not stop.is_set():
                 hs = rng.choice(chains)
                 if rng.random() < 0.5:
+                    assert outstanding.acquire(timeout=10), "backups never completed"
                     idx = fill_pages(pool, hs)
                     job_id = seed * 1_000_000 + job
                     job += 1
@@ -51,6 +53,7 @@ def test_switch_under_load(tmp_path: Path) -> None:
                         with lock:
                             done_counts[job_id] = done_counts.get(job_id, 0) + 1
                         pool.free(idx)  # type: ignore[arg-type]
+                        outstanding.release()
 
                     with lock:
                         stats["backups"] += 1
