@@ -118,6 +118,8 @@ class Hf3fsStore(HiCacheStorage):
         self.metadata = self._open_metadata()
         self.io: PageIOClient | None = None
         self.page_bytes = 0
+        self._pool_bytes: memoryview | None = None
+        self._pool_base = 0
         self._closed = False
         self._io_lock = threading.Lock()
         self._counts_lock = threading.Lock()
@@ -174,6 +176,10 @@ class Hf3fsStore(HiCacheStorage):
             if self.io is None:
                 self.io = self._open_client(page_bytes)
             self.page_bytes = page_bytes
+            # One byte view of the whole pool, sliced per page piece: zero-copy like
+            # pool.page_memoryviews, without building a tensor view per piece on the hot path.
+            self._pool_bytes = memoryview(mem_pool_host.kv_buffer.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+            self._pool_base = int(mem_pool_host.kv_buffer.data_ptr())
         super().register_mem_pool_host(mem_pool_host)
 
     def _open_client(self, page_bytes: int) -> PageIOClient:
@@ -210,6 +216,16 @@ class Hf3fsStore(HiCacheStorage):
         if pool is None:
             raise HiCacheError("hf3fs: no host pool registered; call register_mem_pool_host() first")
         return pool
+
+    def _page_items(self, pool: HostKVPool, pages: Sequence[int]) -> list[Item]:
+        """Writable views of each page's contiguous pieces (K then V), straight into the pool."""
+        mv, base = self._pool_bytes, self._pool_base
+        if mv is None:
+            return [pool.page_memoryviews(p) for p in pages]
+        items: list[Item] = []
+        for page in pages:
+            items.append([mv[pc.ptr - base : pc.ptr - base + pc.nbytes] for pc in pool.page_pieces(page)])
+        return items
 
     @staticmethod
     def _bytes_view(t: torch.Tensor) -> memoryview:
@@ -361,14 +377,14 @@ class Hf3fsStore(HiCacheStorage):
     ) -> list[bool]:
         pool = self._pool_for_v1(keys, host_indices)
         pages = pool.indices_to_pages(host_indices)
-        return self._read_pages(keys, [pool.page_memoryviews(p) for p in pages])
+        return self._read_pages(keys, self._page_items(pool, pages))
 
     def batch_set_v1(
         self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
     ) -> list[bool]:
         pool = self._pool_for_v1(keys, host_indices)
         pages = pool.indices_to_pages(host_indices)
-        return self._write_pages(keys, [pool.page_memoryviews(p) for p in pages], self._parents(keys, extra_info))
+        return self._write_pages(keys, self._page_items(pool, pages), self._parents(keys, extra_info))
 
     # ------------------------------------------------------------------ existence and removal
     def exists_many(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
