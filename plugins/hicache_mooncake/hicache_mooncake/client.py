@@ -18,7 +18,6 @@ import time
 from typing import Any
 
 from hicache_core.spec.errors import BackendLoadError, HiCacheError
-
 from hicache_mooncake.config import MooncakeSettings
 from hicache_mooncake.probe import probe
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from hicache_core.plugins import BackendSpec, ConfigOption, hookimpl
 from hicache_core.spec.capabilities import Capabilities
-
 from hicache_mooncake.probe import APT_HINT, probe
 
 CAPABILITIES = Capabilities(

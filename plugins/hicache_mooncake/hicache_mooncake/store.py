@@ -42,7 +42,6 @@ import torch
 from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
 from hicache_core.spec.errors import HiCacheError, LayoutError
 from hicache_core.spec.storage import HiCacheStorage
-
 from hicache_mooncake import codes
 from hicache_mooncake.client import open_client, tcp_reachable
 from hicache_mooncake.codes import ErrorTally
@@ -405,8 +404,8 @@ class MooncakeStore(HiCacheStorage):
                         sizes.append(piece)
                         offset += piece
                 result = self._per_page(self._get_objects(obj_keys, ptrs, sizes, count_misses=False))
-                for (i, dest, nbytes), start, good in zip(plan, offsets, result):
-                    if not good:
+                for (i, dest, nbytes), start, page_ok in zip(plan, offsets, result):
+                    if not page_ok:
                         continue
                     data = staging[start : start + nbytes]
                     if dest is not None:
@@ -415,9 +414,9 @@ class MooncakeStore(HiCacheStorage):
                         out[i] = loc if isinstance(loc, torch.Tensor) else dest
                     else:
                         out[i] = self._typed(data.clone())
-        good = sum(t is not None for t in out)
+        hits = sum(t is not None for t in out)
         nbytes_read = sum(n for i, _, n in plan if out[i] is not None)
-        self._bump(pages_read=good, pages_read_failed=len(keys) - good, bytes_read=nbytes_read)
+        self._bump(pages_read=hits, pages_read_failed=len(keys) - hits, bytes_read=nbytes_read)
         return out
 
     def _typed(self, raw: torch.Tensor) -> torch.Tensor:

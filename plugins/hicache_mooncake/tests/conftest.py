@@ -12,10 +12,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-
-from hicache_core import HiCacheStorageConfig
 from hicache_mooncake.cluster import LocalMooncakeCluster
 from hicache_mooncake.probe import probe
+
+from hicache_core import HiCacheStorageConfig
 
 _WHY_NOT = probe()
 

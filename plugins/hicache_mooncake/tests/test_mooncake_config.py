@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from hicache_mooncake.config import DEFAULTS, GiB, MiB, load_settings, parse_size
 
 from hicache_core.spec.errors import BackendConfigError
-from hicache_mooncake.config import DEFAULTS, GiB, MiB, load_settings, parse_size
 
 MASTER = {"master_server_address": "10.0.0.1:50051"}
 

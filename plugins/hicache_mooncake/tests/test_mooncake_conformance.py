@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from hicache_mooncake.cluster import LocalMooncakeCluster
 
 from hicache_core import HiCacheStorageConfig
 from hicache_core.testing import StorageConformanceTests
-from hicache_mooncake.cluster import LocalMooncakeCluster
 
 
 class TestMooncakeConformance(StorageConformanceTests):

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from hicache_mooncake import probe as probe_mod
 
 HICACHE = [sys.executable, "-m", "hicache_core.cli.main"]

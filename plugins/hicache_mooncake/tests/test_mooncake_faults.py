@@ -14,12 +14,12 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from hicache_mooncake.cluster import LocalMooncakeCluster
+from hicache_mooncake.store import MooncakeStore
 
 from hicache_core import HiCacheStorageConfig
 from hicache_core.memory.host_pool import HostKVPool
 from hicache_core.spec.errors import HiCacheError
-from hicache_mooncake.cluster import LocalMooncakeCluster
-from hicache_mooncake.store import MooncakeStore
 
 PAGE = 16
 

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 import torch
-
-from hicache_core import HiCacheStorageConfig, create_backend
-from hicache_core.memory.host_pool import HostKVPool
-from hicache_core.spec.errors import LayoutError
 from hicache_mooncake.client import MooncakeConnectError, import_store_class
 from hicache_mooncake.cluster import LocalMooncakeCluster, free_port
 from hicache_mooncake.config import load_settings
 from hicache_mooncake.store import MAX_BATCH_PAGES, MooncakeStore
+
+from hicache_core import HiCacheStorageConfig, create_backend
+from hicache_core.memory.host_pool import HostKVPool
+from hicache_core.spec.errors import LayoutError
 
 PAGE, LAYERS, HEADS, DIM = 16, 2, 2, 8
 
