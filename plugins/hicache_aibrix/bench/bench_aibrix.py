@@ -9,6 +9,9 @@ bytes on this machine:
 - page->block copy: the strided copy this backend does (pool layout -> AIBrix block layout);
 - rocksdict put/get and plain file write/read of the same bytes (the connectors' media).
 
+Each round writes new keys, so AIBrix places them in slab memory it has not touched before:
+"set" pays those first-touch page faults, which the raw limits (warm buffers) do not.
+
 Usage: ``python bench/bench_aibrix.py [--pages 32] [--page-size 32] [--rounds 3]``.
 Everything runs in a temporary directory and ends by itself.
 """
