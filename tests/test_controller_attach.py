@@ -286,3 +286,17 @@ def test_admin_call_from_a_backup_callback(ctl: StorageController, pool: HostKVP
     ctl.backup(hs, idx, lambda results: said.append(ctl.detach()))
     _wait_for(lambda: bool(said))
     assert "detached" in said[0] and not ctl.attached
+
+
+def test_idle_mode_waits_for_storage_workers(ctl: StorageController, pool: HostKVPool, tmp_path: Path) -> None:
+    ctl.attach("dirstore", {**_extra(tmp_path), "fault_injection": {"delay_ms": 400}})
+    hs = hashes(2)
+    idx = fill_pages(pool, hs)
+    done: list[list[bool]] = []
+    ctl.backup(hs, idx, done.append)
+    with pytest.raises(ControllerError, match=r"^Reject attach: storage workers are not idle\. #prefetch=0 #backup=1"):
+        ctl.attach("dirstore2", _extra(tmp_path, "b"), replace=True, switch_mode="idle")
+    _wait_for(lambda: bool(done))
+    assert done == [[True, True]]
+    ctl.attach("dirstore2", _extra(tmp_path, "b"), replace=True, switch_mode="idle")
+    assert ctl.status()["backend"] == "dirstore2"

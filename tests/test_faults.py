@@ -121,3 +121,23 @@ def test_bad_fault_config_names_the_key(faults: dict[str, object], why: str) -> 
 def test_fault_config_must_be_an_object() -> None:
     with pytest.raises(BackendConfigError, match="must be an object"):
         parse_fault_config({"fault_injection": 0.1}, environ={})
+
+
+def test_controller_wraps_backend_when_env_configures_faults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from _controller_backends import make_controller
+
+    monkeypatch.setenv("HICACHE_FAULT_SWITCH", "env-switch")
+    monkeypatch.setenv("HICACHE_FAULT_SEED", "5")
+    pool = make_pool(pages=16)
+    ctl = make_controller(pool)
+    try:
+        ctl.attach("dirstore", {"root": str(tmp_path)})
+        injector = ctl.fault_injector
+        assert injector is not None and injector.switch is fault_switch("env-switch")
+        assert ctl.status()["fault_injection"]["seed"] == 5
+        monkeypatch.delenv("HICACHE_FAULT_SWITCH")
+        monkeypatch.delenv("HICACHE_FAULT_SEED")
+        ctl.attach("dirstore2", {"root": str(tmp_path)}, replace=True)
+        assert ctl.fault_injector is None and ctl.status()["fault_injection"] is None
+    finally:
+        ctl.close()
