@@ -64,11 +64,19 @@ def checksum(algorithm: int, pieces: Sequence[Buffer]) -> int:
     raise ValueError(f"unknown checksum algorithm {algorithm}")
 
 
+#: Bytes of the header before the checksum fields: magic, version, algorithm, size, length.
+PREFIX_SIZE = 16
+
+
 def key_check(algorithm: int, key: str) -> int:
-    data = key.encode()
     if algorithm == ALGO_XXH3:
-        return int(xxhash.xxh3_64_intdigest(data))
-    return zlib.crc32(data)
+        return int(xxhash.xxh3_64_intdigest(key.encode()))
+    return zlib.crc32(key.encode())
+
+
+def header_prefix(algorithm: int, length: int) -> bytes:
+    """The first ``PREFIX_SIZE`` header bytes of a sound page of ``length`` bytes."""
+    return HEADER.pack(MAGIC, FORMAT_VERSION, algorithm, HEADER_SIZE, length, 0, 0)[:PREFIX_SIZE]
 
 
 def pack_header(algorithm: int, length: int, payload_checksum: int, key: str) -> bytes:

@@ -25,6 +25,7 @@ import itertools
 import logging
 import os
 import re
+import struct
 import threading
 import time
 from collections import Counter
@@ -39,7 +40,16 @@ from hicache_core.spec.errors import BackendConfigError, HiCacheError
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_file.config import FileStoreSettings
 from hicache_file.lru import PageIndex
-from hicache_file.pageformat import HEADER_SIZE, algorithm_id, check_header, checksum, pack_header
+from hicache_file.pageformat import (
+    HEADER_SIZE,
+    PREFIX_SIZE,
+    algorithm_id,
+    check_header,
+    checksum,
+    header_prefix,
+    key_check,
+    pack_header,
+)
 from hicache_file.plugin import CAPABILITIES
 
 if TYPE_CHECKING:
@@ -65,6 +75,10 @@ PARALLEL_MIN_PAGE_BYTES = 256 << 10
 #: Test hook: when set, a page write is split in two ``pwritev`` calls (header + first piece,
 #: then the rest) and this is called between them. Used to kill a real process mid-write.
 MID_WRITE_HOOK: Callable[[], None] | None = None
+
+#: The guard byte past the page; what lands in it is never looked at, so threads may share it.
+_GUARD = bytearray(1)
+_CHECKS = struct.Struct("<QQ")
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -187,6 +201,7 @@ class FileStore(HiCacheStorage):
         self._tmp_counter = itertools.count()
         self._executor: ThreadPoolExecutor | None = None
         self._views: _PageViews | None = None
+        self._prefix_cache: tuple[int, bytes] | None = None
         try:
             os.makedirs(self.namespace_dir, exist_ok=True)
         except OSError as exc:
@@ -230,7 +245,8 @@ class FileStore(HiCacheStorage):
     def _rel(self, key: str) -> tuple[str, str]:
         """``(relative path, storage key)`` of a page."""
         full = key + self.suffix
-        if _SAFE_KEY.fullmatch(key) and len(full) <= 200:
+        # isascii/isalnum is the fast test for the usual hex keys; the regex admits ._- too.
+        if ((key.isascii() and key.isalnum()) or _SAFE_KEY.fullmatch(key)) and len(full) <= 200:
             name = full + PAGE_SUFFIX
         else:
             name = "h" + hashlib.sha256(full.encode()).hexdigest() + PAGE_SUFFIX
@@ -306,8 +322,14 @@ class FileStore(HiCacheStorage):
         return out
 
     # ------------------------------------------------------------------ reading
-    def _read_into(self, rel: str, full: str, views: list[memoryview], expected: int, stats: Counter[str]) -> bool:
-        """Read one page file into ``views``; True only for a sound page of ``expected`` bytes."""
+    def _read_into(
+        self, rel: str, full: str, views: list[memoryview], expected: int, stats: Counter[str],
+        header: bytearray | None = None,
+    ) -> bool:
+        """Read one page file into ``views``; True only for a sound page of ``expected`` bytes.
+
+        ``header`` is a 32-byte scratch buffer a caller may reuse between pages.
+        """
         path = self._path(rel)
         try:
             fd = os.open(path, _OPEN_READ)
@@ -318,15 +340,23 @@ class FileStore(HiCacheStorage):
             stats["read_errors"] += 1
             log.warning("file backend: cannot open %s: %s", path, exc)
             return False
-        header = bytearray(HEADER_SIZE)
+        if header is None:
+            header = bytearray(HEADER_SIZE)
         try:
             # One extra byte past the page tells a file that is too long in the same call.
-            bufs: list[Any] = [header, *views, bytearray(1)]
+            bufs: list[Any] = [header, *views, _GUARD]
             # A regular file fills every buffer up to its end, so one call suffices.
             n = os.preadv(fd, bufs, 0) if len(bufs) <= _IOV_MAX else _preadv_all(fd, bufs, 0)
             why = ""
             if n != HEADER_SIZE + expected:
                 why = f"file is {n} bytes, a page file here is {HEADER_SIZE + expected}"
+            elif header[:PREFIX_SIZE] == self._prefix(expected):
+                # Fast path: this store's own format and page size; only the two checks remain.
+                payload_checksum, kcheck = _CHECKS.unpack_from(header, PREFIX_SIZE)
+                if kcheck != key_check(self._algorithm, full):
+                    why = "file holds another key"
+                elif checksum(self._algorithm, views) != payload_checksum:
+                    why = "checksum mismatch"
             else:
                 checked = check_header(header, full, expected)
                 if isinstance(checked, str):
@@ -344,6 +374,14 @@ class FileStore(HiCacheStorage):
             self._corrupt(rel, path, inode, why, stats)
             return False
         return True  # the caller counts hits, once per batch
+
+    def _prefix(self, length: int) -> bytes:
+        """The first header bytes of a page of ``length`` bytes written by this store."""
+        cached = self._prefix_cache
+        if cached is None or cached[0] != length:
+            cached = (length, header_prefix(self._algorithm, length))
+            self._prefix_cache = cached
+        return cached[1]
 
     def _corrupt(self, rel: str, path: str, inode: int, why: str, stats: Counter[str]) -> None:
         stats["corrupt"] += 1
@@ -385,9 +423,11 @@ class FileStore(HiCacheStorage):
         stats: Counter[str] = Counter()
         hits: list[str] = []
         out: list[bool] = []
+        header = bytearray(HEADER_SIZE)
+        rel_of, read_into, views = self._rel, self._read_into, views_of.views
         for key, page in items:
-            rel, full = self._rel(key)
-            ok = self._read_into(rel, full, views_of.views(page), expected, stats)
+            rel, full = rel_of(key)
+            ok = read_into(rel, full, views(page), expected, stats, header)
             out.append(ok)
             if ok:
                 hits.append(rel)
