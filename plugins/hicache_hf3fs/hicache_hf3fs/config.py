@@ -27,7 +27,7 @@ _FOREIGN_KEYS = {"prefetch_threshold", "prefetch_timeout_base", "prefetch_timeou
 class Hf3fsSettings:
     """Resolved settings of one backend instance."""
 
-    #: Rank files are ``{file_path_prefix}.{rank}.bin`` (MLA: rank 0's file, shared).
+    #: Rank files are ``{file_path_prefix}.{rank}.bin`` (MLA: one shared ``.mla.0.bin``).
     file_path_prefix: str = "/data/hicache"
     #: Bytes each rank file is pre-sized to; slots = file_size // page bytes.
     file_size: int = 1 << 40
@@ -143,6 +143,11 @@ def resolve_settings(config: HiCacheStorageConfig) -> Hf3fsSettings:
 
 
 def rank_file_path(settings: Hf3fsSettings, config: HiCacheStorageConfig) -> str:
-    """The rank's pre-sized data file: one per rank; MLA ranks share rank 0's file."""
-    rank = 0 if config.is_mla_model else config.tp_rank
-    return f"{settings.file_path_prefix}.{rank}.bin"
+    """The rank's pre-sized data file: ``<prefix>.<rank>.bin``; MLA ranks share ``<prefix>.mla.0.bin``.
+
+    SGLang gives MLA rank 0's MHA name; a name of its own keeps an MLA page geometry from ever
+    meeting an MHA one in the same file (``hicache check`` runs both against one prefix).
+    """
+    if config.is_mla_model:
+        return f"{settings.file_path_prefix}.mla.0.bin"
+    return f"{settings.file_path_prefix}.{config.tp_rank}.bin"

@@ -17,7 +17,7 @@ CAPABILITIES = Capabilities(
 CONFIG_OPTIONS = (
     ConfigOption("config_path", None, "JSON file with the keys below (SGLang's format)",
                  env="SGLANG_HICACHE_HF3FS_CONFIG_PATH"),
-    ConfigOption("file_path_prefix", None, "rank files are <prefix>.<rank>.bin (MLA: rank 0's); default /data/hicache"),
+    ConfigOption("file_path_prefix", None, "rank files are <prefix>.<rank>.bin (MLA: <prefix>.mla.0.bin); default /data/hicache"),
     ConfigOption("file_size", None, "bytes each rank file is pre-sized to; default 1 TiB"),
     ConfigOption("numjobs", None, "parallel I/O jobs (usrbio ring pairs / file threads); default 16"),
     ConfigOption("entries", None, "usrbio ring entries per job (pages per submission); default 8"),

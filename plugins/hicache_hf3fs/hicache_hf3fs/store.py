@@ -1,7 +1,7 @@
 """``Hf3fsStore``: hicache's 3FS backend, laid out as SGLang's 3FS deployments lay it out.
 
 Each rank owns one large pre-sized file ``{file_path_prefix}.{rank}.bin`` (MLA: every rank
-uses rank 0's file and only rank 0 writes); page ``slot`` lives at byte ``slot * page_bytes``.
+uses ``{file_path_prefix}.mla.0.bin`` and only rank 0 writes); page ``slot`` lives at byte ``slot * page_bytes``.
 A metadata service (in-process, or the shared HTTP service) maps keys to slots. Writes go:
 allocate a slot -> write the bytes -> confirm (only then is the page visible). Reads go:
 look up (key, slot, generation) -> read -> validate (the slot was not reallocated meanwhile).

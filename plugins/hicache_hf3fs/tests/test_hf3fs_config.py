@@ -89,7 +89,7 @@ def test_sglang_mock_switch_selects_the_file_client() -> None:
 def test_rank_files() -> None:
     s = Hf3fsSettings(file_path_prefix="/hf3fs/kv")
     assert rank_file_path(s, HiCacheStorageConfig(tp_rank=3, tp_size=4)) == "/hf3fs/kv.3.bin"
-    assert rank_file_path(s, HiCacheStorageConfig(tp_rank=3, tp_size=4, is_mla_model=True)) == "/hf3fs/kv.0.bin"
+    assert rank_file_path(s, HiCacheStorageConfig(tp_rank=3, tp_size=4, is_mla_model=True)) == "/hf3fs/kv.mla.0.bin"
 
 
 def test_mount_table_parsing_and_longest_match() -> None:

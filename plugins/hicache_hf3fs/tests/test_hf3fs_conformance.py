@@ -7,7 +7,6 @@ the layout, metadata protocol and zero-copy path are the same.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ def _extra(prefix: Path, **more: object) -> dict[str, object]:
     return {"file_path_prefix": str(prefix), "file_size": 4 << 20, "numjobs": 2, "client": "file", **more}
 
 
-def _per_model_prefix(config: HiCacheStorageConfig) -> HiCacheStorageConfig:
-    # An MLA model has another page size; like any other model it gets its own files.
-    extra = config.extra()
-    if config.is_mla_model:
-        extra["file_path_prefix"] = str(extra["file_path_prefix"]) + "-mla"
-    return replace(config, extra_config=extra)
-
-
 class TestHf3fsInProcessMetadata(StorageConformanceTests):
     """In-process metadata (one process per file), backend constructed directly."""
 
@@ -41,7 +32,7 @@ class TestHf3fsInProcessMetadata(StorageConformanceTests):
     @pytest.fixture
     def open_backend(self):  # type: ignore[no-untyped-def]
         def _open(config: HiCacheStorageConfig) -> HiCacheStorage:
-            return Hf3fsStore(_per_model_prefix(config))
+            return Hf3fsStore(config)
 
         return _open
 
@@ -57,6 +48,6 @@ class TestHf3fsSharedMetadata(StorageConformanceTests):
     @pytest.fixture
     def open_backend(self):  # type: ignore[no-untyped-def]
         def _open(config: HiCacheStorageConfig) -> HiCacheStorage:
-            return create_backend("hf3fs", _per_model_prefix(config))
+            return create_backend("hf3fs", config)
 
         return _open

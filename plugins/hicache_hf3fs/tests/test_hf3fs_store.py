@@ -129,7 +129,7 @@ def test_mla_ranks_share_rank0_file_and_only_rank0_writes(
     url = metadata_service.url
     rank0, pool0 = open_store(config(tmp_path / "kv", 0, 2, True, metadata_server_url=url))
     rank1, pool1 = open_store(config(tmp_path / "kv", 1, 2, True, metadata_server_url=url))
-    assert rank0.file_path == rank1.file_path == str(tmp_path / "kv.0.bin")
+    assert rank0.file_path == rank1.file_path == str(tmp_path / "kv.mla.0.bin")
     idx1, _ = fill(pool1, 2, seed=2)
     assert rank1.batch_set_v1(["x0", "x1"], idx1) == [True, True]  # SGLang's answer for a non-writer
     assert rank1.get_stats()["write_skipped_non_writer"] == 2

@@ -101,10 +101,6 @@ class TestHf3fsUsrbioConformance(StorageConformanceTests):
     @pytest.fixture
     def open_backend(self):  # type: ignore[no-untyped-def]
         def _open(config: HiCacheStorageConfig) -> Hf3fsStore:
-            extra = config.extra()
-            if config.is_mla_model:
-                extra["file_path_prefix"] = str(extra["file_path_prefix"]) + "-mla"
-            config.extra_config = extra
             return Hf3fsStore(config)
 
         return _open
