@@ -212,7 +212,8 @@ class CacheRank:
             bytes_h2d = loaded * self.page_bytes
             if errs:  # a corrupt L2 page: the hit ends before it
                 matched = min(matched, d + good)
-                storage_pages = max(0, min(storage_pages, matched - host_end))
+                storage_pages = max(0, matched - host_end)
+                host_end = min(host_end, matched)
             t_load = time.perf_counter()
 
             # 4. compute what missed, insert it, write it down per the policy.
@@ -289,12 +290,18 @@ class CacheRank:
         if e1 is not None:
             e1.hits += 1
         e2 = self.l2.get(h)
+        selective = self.controller.write_policy == "write_through_selective"
+        if e2 is None and e1 is not None and selective and e1.hits >= 2:
+            # write_through_selective: a page hit twice is worth a copy in L2 (and in L3).
+            self._insert_l2([h], self.device.read([e1.slot]), backups)
+            e2 = self.l2.get(h)
+            if e2 is not None:
+                e2.hits = e1.hits - 1
         if e2 is not None:
             e2.hits += 1
-            if self._needs_backup(h) and self.controller.should_backup("hit", e2.hits):
+            hits = max(e2.hits, e1.hits if e1 is not None else 0)
+            if self._needs_backup(h) and self.controller.should_backup("hit", hits):
                 backups.append(h)
-        elif e1 is not None and self.controller.write_policy == "write_through_selective" and e1.hits >= 2:
-            self._insert_l2([h], self.device.read([e1.slot]), backups)
 
     def _needs_backup(self, h: str) -> bool:
         e = self.l2.get(h)
