@@ -371,3 +371,23 @@ def test_write_policies(ctl: StorageController, tmp_path: Path, policy: str, exp
     assert ctl.should_backup("flush") is False  # unknown event: logged, never raised
     ctl.detach()
     assert not any(ctl.should_backup(e, 9) for e in ("insert", "hit", "evict"))
+
+
+def test_prefetch_workers_serve_requests_in_parallel(pool: HostKVPool, tmp_path: Path) -> None:
+    hs_a, hs_b = hashes(4), hashes(4)
+    _store_fast(pool, tmp_path, hs_a + hs_b)
+    ctl = make_controller(pool, prefetch_workers=2)
+    try:
+        ctl.attach("dirstore", {"root": str(tmp_path / "l3"), "prefetch_threshold": 0,
+                                "fault_injection": {"delay_ms": 500}}, prefetch_policy="wait_complete")
+        t0 = time.monotonic()
+        ops = [ctl.prefetch(hs_a), ctl.prefetch(hs_b)]
+        results = [op.wait() for op in ops if op is not None]
+        elapsed = time.monotonic() - t0
+        # Each prefetch is two 500 ms calls (lookup, load): ~1 s in parallel, 2 s one after the other.
+        assert elapsed < 1.7
+        for hs, res in zip((hs_a, hs_b), results):
+            check_pages(pool, hs, res.host_indices)
+            pool.free(res.host_indices)
+    finally:
+        ctl.close()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from _controller_backends import DirStore, fill_pages, hashes, make_pool
 
-from hicache_core import BackendConfigError, HiCacheStorageConfig
+from hicache_core import BackendConfigError, HiCacheStorage, HiCacheStorageConfig
 from hicache_core.controller import FaultInjectingStorage, InjectedFault, fault_switch
 from hicache_core.controller.faults import FaultConfig, parse_fault_config
+from hicache_core.testing import StorageConformanceTests
 
 
 def _wrapped(tmp_path: Path, **faults: object) -> FaultInjectingStorage:
@@ -141,3 +144,15 @@ def test_controller_wraps_backend_when_env_configures_faults(tmp_path: Path, mon
         assert ctl.fault_injector is None and ctl.status()["fault_injection"] is None
     finally:
         ctl.close()
+
+
+class TestWrapperKeepsTheContract(StorageConformanceTests):
+    """The conformance kit through the wrapper (faults configured but inactive)."""
+
+    @pytest.fixture
+    def open_backend(self, tmp_path: Path) -> Callable[[HiCacheStorageConfig], HiCacheStorage]:
+        def _open(config: HiCacheStorageConfig) -> HiCacheStorage:
+            inner = DirStore(replace(config, extra_config={"root": str(tmp_path / "store")}))
+            return FaultInjectingStorage(inner, FaultConfig(delay_ms=(0.0, 0.1), seed=0))
+
+        return _open

@@ -14,7 +14,7 @@ ctl = StorageController(host_pool, storage_config, registry=None, metrics_regist
                         # keyword-only extras (refinement):
                         io_timeout_s=10.0, quiesce_timeout_s=5.0, attach_timeout_s=60.0,
                         prefetch_policy="best_effort", write_policy="write_through",
-                        add_namespace_suffix=False)
+                        add_namespace_suffix=False, prefetch_workers=2)
 msg = ctl.attach(backend, extra_config=None, prefetch_policy=None, write_policy=None,
                  replace=False, switch_mode="quiesce")      # or "idle"; ControllerError on refusal
 msg = ctl.detach(switch_mode="quiesce")                       # idempotent

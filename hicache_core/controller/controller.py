@@ -104,6 +104,8 @@ class StorageController:
     appends ``storage_config.namespace_suffix()`` to every page hash before it reaches the
     backend. Off by default: backends append the suffix themselves, as SGLang's do (every
     first-party plugin does), so keys stay byte-identical with SGLang's.
+    ``prefetch_workers`` threads load prefetches of different requests in parallel (one
+    request's batches stay in order on one thread).
     """
 
     def __init__(
@@ -124,6 +126,7 @@ class StorageController:
         prefetch_policy: str = DEFAULT_PREFETCH_POLICY,
         write_policy: str = DEFAULT_WRITE_POLICY,
         add_namespace_suffix: bool = False,
+        prefetch_workers: int = 2,
     ) -> None:
         if breaker_threshold < 1:
             raise ValueError(f"breaker_threshold must be at least 1, got {breaker_threshold}")
@@ -137,6 +140,9 @@ class StorageController:
         self.io_timeout_s = io_timeout_s
         self.quiesce_timeout_s = quiesce_timeout_s
         self.attach_timeout_s = attach_timeout_s
+        if prefetch_workers < 1:
+            raise ValueError(f"prefetch_workers must be at least 1, got {prefetch_workers}")
+        self.prefetch_workers = prefetch_workers
         self.metrics = ControllerMetrics(metrics_registry, rank)
         self._prefetch_policy = check_prefetch_policy(prefetch_policy)
         self._write_policy = check_write_policy(write_policy)
@@ -499,7 +505,7 @@ class StorageController:
         return Session(
             spec, backend, self.host_pool, rank=self.rank, key_suffix=self._suffix,
             is_writer=self.storage_config.is_writer_rank, io_timeout_s=self.io_timeout_s,
-            metrics=self.metrics, report=self._on_report,
+            metrics=self.metrics, report=self._on_report, prefetch_workers=self.prefetch_workers,
         )
 
     def _install(self, session: Session, spec: AttachSpec, reattach: bool = False) -> Session | None:

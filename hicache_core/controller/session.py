@@ -98,6 +98,7 @@ class Session:
         io_timeout_s: float,
         metrics: ControllerMetrics,
         report: SessionReport,
+        prefetch_workers: int = 1,
     ) -> None:
         self.spec = spec
         self.knobs = spec.knobs
@@ -109,13 +110,17 @@ class Session:
         self.metrics = metrics
         self.attached_at = time.time()
         self._report = report
-        self.guard = GuardedBackend(io_timeout_s, self._report_call, thread_name=f"hicache-io-r{rank}")
+        self.prefetch_workers = max(1, prefetch_workers)
+        # Room for every worker's call plus a health probe, and for a couple of hung calls.
+        self.guard = GuardedBackend(
+            io_timeout_s, self._report_call, thread_name=f"hicache-io-r{rank}", workers=self.prefetch_workers + 3
+        )
         self._lock = threading.Lock()
         self._accepting = False
         self._stopping = threading.Event()
         self._pq: queue.Queue[PrefetchOperation | None] = queue.Queue()
         self._bq: queue.Queue[BackupJob | None] = queue.Queue()
-        self._current_op: PrefetchOperation | None = None
+        self._current_ops: set[PrefetchOperation] = set()
         self._busy_backup = False
         self._threads: list[threading.Thread] = []
 
@@ -136,8 +141,9 @@ class Session:
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Start the worker threads (they wait for work; nothing is accepted yet)."""
-        for name, target in (("prefetch", self._prefetch_loop), ("backup", self._backup_loop)):
-            t = threading.Thread(target=target, name=f"hicache-{name}-r{self.rank}-{self.name}", daemon=True)
+        workers = [("prefetch", self._prefetch_loop)] * self.prefetch_workers + [("backup", self._backup_loop)]
+        for i, (name, target) in enumerate(workers):
+            t = threading.Thread(target=target, name=f"hicache-{name}{i}-r{self.rank}-{self.name}", daemon=True)
             t.start()
             self._threads.append(t)
 
@@ -149,7 +155,7 @@ class Session:
         """(prefetches, backups) queued or in flight."""
         with self._lock:
             return (
-                self._pq.qsize() + (1 if self._current_op is not None else 0),
+                self._pq.qsize() + len(self._current_ops),
                 self._bq.qsize() + (1 if self._busy_backup else 0),
             )
 
@@ -158,14 +164,15 @@ class Session:
         with self._lock:
             self._accepting = False
             self._stopping.set()
-            current = self._current_op
-        if current is not None:
-            current.finish("backend detached")
+            current = list(self._current_ops)
+        for op in current:
+            op.finish("backend detached")
         for op in _drain(self._pq):
             op.finish("backend detached")
         for job in _drain(self._bq):
             job.on_done([False] * len(job.keys))
-        self._pq.put(None)
+        for _ in range(self.prefetch_workers):
+            self._pq.put(None)
         self._bq.put(None)
         deadline = time.monotonic() + bound_s
         for t in self._threads:
@@ -224,7 +231,7 @@ class Session:
                 if self._stopping.is_set():
                     op.finish("backend detached")
                     continue
-                self._current_op = op
+                self._current_ops.add(op)
             try:
                 op.finish(self._run_prefetch(op))
             except Exception as exc:  # a bug here must not kill the worker
@@ -232,7 +239,7 @@ class Session:
                 op.finish(f"prefetch failed: {type(exc).__name__}: {exc}")
             finally:
                 with self._lock:
-                    self._current_op = None
+                    self._current_ops.discard(op)
 
     def _alloc(self, want: int) -> tuple[int, torch.Tensor] | None:
         """Host pages for up to ``want`` pages: fewer when the pool is short, None when empty."""
