@@ -136,13 +136,19 @@ def test_expired_write_lease_is_reclaimed_and_its_late_confirm_fails() -> None:
     assert index.stats()["reclaimed_write_leases"] == 1
 
 
-def test_clear_invalidates_writes_in_flight() -> None:
+def test_clear_invalidates_writes_in_flight_but_keeps_their_slots_reserved() -> None:
     index = PageIndex(num_pages=2, page_bytes=64)
     _store(index, ["a"])
     (alloc,) = index.allocate(["b"], [None])
     index.clear()
     assert index.exists(["a", "b"]) == [False, False]
+    # b's writer may still be writing: its slot must not go to another page meanwhile.
+    assert [a.status for a in index.allocate(["c", "d"], [None, None])] == [NEW, FULL]
+    assert index.allocate(["e"], [None])[0].status == FULL
     assert index.confirm([SlotRef("b", alloc.slot, alloc.gen)]) == [False]
+    assert index.exists(["b"]) == [False]
+    (again,) = index.allocate(["f"], [None])
+    assert again.status == NEW and again.slot == alloc.slot
 
 
 def test_state_round_trip_keeps_pages_chains_and_generations() -> None:

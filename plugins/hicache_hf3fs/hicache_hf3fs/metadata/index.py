@@ -79,6 +79,9 @@ class _Writing:
     gen: int
     parent: str | None
     deadline: float
+    #: Cleared while in flight: the confirm will fail, but the slot stays reserved until then,
+    #: because the writer's bytes may still be landing in it.
+    cancelled: bool = False
 
 
 class PageIndex:
@@ -108,9 +111,10 @@ class PageIndex:
     def _take_slot(self) -> int | None:
         if self._free:
             return self._free.pop()
-        if self._fresh < self.num_pages:
+        while self._fresh < self.num_pages:
             self._fresh += 1
-            return self._fresh - 1
+            if self._fresh - 1 not in self._writing:  # after clear(), writes in flight keep theirs
+                return self._fresh - 1
         if self._reclaim_expired():
             return self._free.pop()
         if self._evict_one():
@@ -196,6 +200,10 @@ class PageIndex:
                 out.append(False)  # the lease ran out and the slot went to someone else
                 continue
             del self._writing[ref.slot]
+            if w.cancelled:
+                self._free.append(ref.slot)  # cleared while being written: never visible
+                out.append(False)
+                continue
             existing = self._ready.get(ref.key)
             if existing is not None:
                 # Another writer of the same key confirmed first; its page is whole.
@@ -244,9 +252,10 @@ class PageIndex:
         return n
 
     def clear(self) -> None:
-        """Forget every page; writes in flight lose their slots (their confirm fails)."""
+        """Forget every page. Writes in flight keep their slots reserved, but their confirm fails."""
         self._ready.clear()
-        self._writing.clear()
+        for w in self._writing.values():
+            w.cancelled = True
         self._heap.clear()
         self._free.clear()
         self._fresh = 0
