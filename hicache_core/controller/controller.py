@@ -236,18 +236,20 @@ class StorageController:
                 self._check_idle("attach")
             try:
                 session = self._build_session(spec)
-                session.start()
             except ControllerError as exc:
                 self.metrics.attach(False)
                 self._note_error(str(exc))
                 raise
+            try:
+                session.start()
             except Exception as exc:  # starting threads failed: nothing else changed
+                session.discard(self.quiesce_timeout_s)
                 self.metrics.attach(False)
                 msg = f"Reject attach: starting workers for {backend!r} failed: {type(exc).__name__}: {exc}"
                 self._note_error(msg)
                 raise ControllerError(msg) from exc
-            old = self._install(session, spec)
             self._prefetch_policy, self._write_policy = new_prefetch, new_write
+            old = self._install(session, spec)
             self.metrics.attach(True)
             what = f"replaced {old.name!r} with" if old is not None else "attached"
             return (
@@ -562,10 +564,7 @@ class StorageController:
         with self._admin:
             if self._session is not session:
                 return
-            self._session = None
-            self.metrics.set_attached(False)
-            log.warning("rank %d: circuit breaker open, detaching %r: %s", self.rank, session.name, reason)
-            session.stop(self.quiesce_timeout_s)
+            self._session = None  # from here on the request path sees misses
             self._state = "degraded"
             self._generation += 1
             with self._breaker_lock:
@@ -573,7 +572,10 @@ class StorageController:
                 self._breaker.trips += 1
                 self._breaker.opened_at = _now_iso()
                 self._breaker.reason = reason
+            self.metrics.set_attached(False)
             self.metrics.breaker("open")
+            log.warning("rank %d: circuit breaker open, detaching %r: %s", self.rank, session.name, reason)
+            session.stop(self.quiesce_timeout_s)
             self.metrics.detach("breaker")
             self._note_error(f"circuit breaker opened: {reason}")
             if self.auto_reattach and self._spec is not None:
