@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> None:
     for col in ("page", "path", "jobs", "write GB/s", "read GB/s", "read % of raw", "pages/s (read)"):
         table.add_column(col, justify="right" if col not in ("page", "path") else "left")
     server = start_service() if args.with_server else None
+    own_dir = args.dir is None
     workdir = Path(args.dir or tempfile.mkdtemp(prefix="hf3fs-bench-"))
     try:
         with Progress(console=console, transient=True) as progress:
@@ -139,10 +141,12 @@ def run(args: argparse.Namespace) -> None:
         if server is not None:
             server[0].terminate()
             server[0].wait(timeout=10)
+        if own_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
     console.print(table)
     console.print(
-        f"{args.total_mib} MiB per run, best of {args.repeats}; batches of {BATCH} pages; files in {workdir} "
-        f"(page cache). CPUs here: {os.cpu_count()}."
+        f"{args.total_mib} MiB per run, best of {args.repeats}; batches of {BATCH} pages; files in the page "
+        f"cache ({'a temporary directory, removed' if own_dir else workdir}). CPUs here: {os.cpu_count()}."
     )
 
 
