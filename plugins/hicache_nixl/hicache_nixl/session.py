@@ -111,8 +111,10 @@ class NixlSession:
         if plugin == "OBJ" and not s.bucket:
             return "no bucket configured: set extra-config 'bucket' (or HICACHE_NIXL_BUCKET / AWS_DEFAULT_BUCKET)"
         if plugin == "OBJ" and s.max_attempts is not None:
-            # The AWS SDK reads its retry budget from the environment; without it a dead
-            # endpoint costs ~25 s of retries per request.
+            # The AWS SDK takes its retry budget from the environment (legacy retry mode
+            # ignores it), once per process: without a bound, a request to a dead endpoint
+            # retries for ~25 s.
+            os.environ.setdefault("AWS_RETRY_MODE", "standard")
             os.environ["AWS_MAX_ATTEMPTS"] = str(s.max_attempts)
         try:
             self.agent.create_backend(nixl_name, _params_for(plugin, s))

@@ -55,7 +55,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("region", ("HICACHE_NIXL_REGION", "AWS_REGION"), "us-east-1", "OBJ: S3 region"),
     Option("object_prefix", ("HICACHE_NIXL_OBJECT_PREFIX",), "", "OBJ: prefix put before every object name"),
     Option("max_attempts", ("HICACHE_NIXL_MAX_ATTEMPTS",), None,
-           "OBJ: S3 request attempts (sets AWS_MAX_ATTEMPTS for the AWS SDK when given; the SDK default retries for ~25 s)"),
+           "OBJ: S3 request attempts; sets AWS_MAX_ATTEMPTS (and AWS_RETRY_MODE=standard) for the AWS SDK, which "
+           "reads them once per process when the first OBJ backend starts (the SDK default retries ~25 s)"),
     Option("staging_pages", ("HICACHE_NIXL_STAGING_PAGES",), 16,
            "OBJ: pages gathered at a time when a page is several pieces in host memory (objects are written whole)"),
     Option("backend_params", (), None, "extra NIXL backend parameters (a dict of strings) passed to create_backend"),

@@ -9,46 +9,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
+from nixl_helpers import S3Server, free_port
 
 pytest.importorskip("nixl", reason="NIXL is not installed: pip install nixl-cu12 && pip install --no-deps nixl")
 
-ACCESS_KEY = "hicache-test"
-SECRET_KEY = "hicache-test-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class S3Server:
-    endpoint: str
-    pid: int
-
-    def client(self) -> Any:
-        import boto3
-
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
-                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
-
-    def obj_config(self, bucket: str, **extra: Any) -> dict[str, Any]:
-        return {"plugin": "OBJ", "bucket": bucket, "endpoint": self.endpoint, "access_key": ACCESS_KEY,
-                "secret_key": SECRET_KEY, "region": "us-east-1", "max_attempts": 2, **extra}
-
+# The AWS SDK inside NIXL's OBJ plugin reads its retry mode and budget once per process, when the
+# first OBJ backend starts; without a bound a request to a dead endpoint retries for ~25 s.
+os.environ.setdefault("AWS_RETRY_MODE", "standard")
+os.environ.setdefault("AWS_MAX_ATTEMPTS", "2")
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:

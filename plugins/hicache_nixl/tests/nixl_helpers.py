@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,3 +43,29 @@ def page_bytes(pool: HostKVPool, page: int) -> bytes:
 
 def read_pages(pool: HostKVPool, idx: torch.Tensor) -> list[bytes]:
     return [page_bytes(pool, p) for p in pool.indices_to_pages(idx)]
+
+
+ACCESS_KEY = "hicache-test"
+SECRET_KEY = "hicache-test-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    pid: int
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=ACCESS_KEY,
+                            aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
+
+    def obj_config(self, bucket: str, **extra: Any) -> dict[str, Any]:
+        return {"plugin": "OBJ", "bucket": bucket, "endpoint": self.endpoint, "access_key": ACCESS_KEY,
+                "secret_key": SECRET_KEY, "region": "us-east-1", "max_attempts": 2, **extra}

@@ -225,7 +225,7 @@ def test_o_direct_true_refuses_an_unaligned_pool(tmp_path: Path) -> None:
     pool = make_pool()
     if pool.kv_buffer.data_ptr() % 4096 == 0:
         pytest.skip("this allocator returned a 4 KiB aligned pool; the unaligned case cannot be built")
-    with pytest.raises(BackendConfigError, match="o_direct=true.*aligned"):
+    with pytest.raises(BackendConfigError, match=r"o_direct=true.*aligned"):
         open_nixl({"plugin": "POSIX", "storage_dir": str(tmp_path), "o_direct": "true"}, pool)
 
 
