@@ -58,6 +58,9 @@ MAX_BATCH_PAGES = 128
 #: While the master is down, how long one TCP check of its port stays valid.
 MASTER_CHECK_INTERVAL_S = 0.5
 PROBE_KEY = "__hicache_mooncake_health_probe__"
+_OK = frozenset({codes.OK})
+_EXIST_ANSWERS = frozenset({0, 1})
+_REMOVED = frozenset({codes.OK, codes.OBJECT_NOT_FOUND})
 
 
 class MooncakeStore(HiCacheStorage):
@@ -71,6 +74,10 @@ class MooncakeStore(HiCacheStorage):
         self.settings: MooncakeSettings = load_settings(self.config.extra())
         self._suffix = self.config.namespace_suffix()
         self._is_mla = bool(self.config.is_mla_model)
+        # What follows a page hash in its object keys: one object (MLA) or K and V (MHA).
+        self._tails: tuple[str, ...] = (
+            (self._suffix,) if self._is_mla else (self._suffix + "_k", self._suffix + "_v")
+        )
         self._errors = ErrorTally()
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = {
@@ -91,14 +98,22 @@ class MooncakeStore(HiCacheStorage):
         self._client: Any = open_client(self.settings)
         self._register(self._probe_buf)
 
+    @property
+    def raw_client(self) -> Any:
+        """The underlying ``MooncakeDistributedStore`` (benchmarks and diagnostics only)."""
+        return self._client
+
+    def object_keys(self, keys: Sequence[str]) -> list[str]:
+        """The Mooncake object keys of ``keys``, page by page (K then V for MHA)."""
+        return self._all_object_keys(keys)
+
     # ------------------------------------------------------------------ keys
     def _object_keys(self, key: str) -> list[str]:
-        base = key + self._suffix
-        return [base] if self._is_mla else [base + "_k", base + "_v"]
+        return [key + tail for tail in self._tails]
 
     @property
     def _parts(self) -> int:
-        return 1 if self._is_mla else 2
+        return len(self._tails)
 
     # ------------------------------------------------------------------ memory registration
     def _register(self, tensor: torch.Tensor) -> None:
@@ -174,7 +189,7 @@ class MooncakeStore(HiCacheStorage):
             log.warning("mooncake: %s raised %s: %s", op, type(exc).__name__, exc)
             self._errors.add("exception", n, f"{op}: {type(exc).__name__}: {exc}")
             return [codes.INTERNAL_ERROR - 10_000] * n
-        rcs = [int(x) for x in out] if isinstance(out, (list, tuple)) else [int(out)] * n
+        rcs: list[int] = out if isinstance(out, list) else list(out) if isinstance(out, tuple) else [int(out)] * n
         if len(rcs) != n:
             self._errors.add("bad_reply", n, f"{op} answered {len(rcs)} codes for {n} keys")
             return [codes.INTERNAL_ERROR - 10_000] * n
@@ -183,9 +198,9 @@ class MooncakeStore(HiCacheStorage):
 
     # Codes made up above are offset by -10000 so they are counted once (already named) and
     # never mistaken for Mooncake's own.
-    def _count_failures(self, rcs: Sequence[int], op: str, ok: Any) -> None:
+    def _count_failures(self, rcs: Sequence[int], op: str, good: frozenset[int]) -> None:
         for rc in rcs:
-            if not ok(rc) and rc > -10_000:
+            if rc not in good and rc > -10_000:
                 self._errors.add_code(rc, 1, op)
 
     def _bump(self, **deltas: int) -> None:
@@ -200,7 +215,8 @@ class MooncakeStore(HiCacheStorage):
         step = MAX_BATCH_PAGES * self._parts
         for i in range(0, len(keys), step):
             rcs = self._call("batch_put_from", len(keys[i : i + step]), keys[i : i + step], ptrs[i : i + step], sizes[i : i + step])
-            self._count_failures(rcs, "batch_put_from", lambda rc: rc == 0)
+            if any(rcs):
+                self._count_failures(rcs, "batch_put_from", _OK)
             ok.extend(rc == 0 for rc in rcs)
         return ok
 
@@ -211,10 +227,12 @@ class MooncakeStore(HiCacheStorage):
         for i in range(0, len(keys), step):
             chunk_sizes = sizes[i : i + step]
             rcs = self._call("batch_get_into", len(chunk_sizes), keys[i : i + step], ptrs[i : i + step], chunk_sizes)
+            good = [rc == size for rc, size in zip(rcs, chunk_sizes)]
+            ok.extend(good)
+            if all(good):
+                continue
             for rc, size in zip(rcs, chunk_sizes):
-                good = rc == size
-                ok.append(good)
-                if good or rc <= -10_000 or (rc == codes.OBJECT_NOT_FOUND and not count_misses):
+                if rc == size or rc <= -10_000 or (rc == codes.OBJECT_NOT_FOUND and not count_misses):
                     continue
                 if rc >= 0:  # stored under this key with another page geometry
                     self._errors.add("size_mismatch", 1, f"read {rc} bytes, the page piece has {size}")
@@ -227,16 +245,19 @@ class MooncakeStore(HiCacheStorage):
         step = MAX_BATCH_PAGES * self._parts
         for i in range(0, len(keys), step):
             rcs = self._call("batch_is_exist", len(keys[i : i + step]), keys[i : i + step])
-            self._count_failures(rcs, "batch_is_exist", lambda rc: rc in (0, 1))
+            if min(rcs, default=0) < 0:
+                self._count_failures(rcs, "batch_is_exist", _EXIST_ANSWERS)
             ok.extend(rc == 1 for rc in rcs)
         return ok
 
     def _per_page(self, per_object: list[bool]) -> list[bool]:
-        p = self._parts
-        return [all(per_object[i * p : (i + 1) * p]) for i in range(len(per_object) // p)]
+        if self._parts == 1:
+            return per_object
+        return [k and v for k, v in zip(per_object[0::2], per_object[1::2])]
 
     def _all_object_keys(self, keys: Sequence[str]) -> list[str]:
-        return [ok for k in keys for ok in self._object_keys(k)]
+        tails = self._tails
+        return [k + t for k in keys for t in tails]
 
     # ------------------------------------------------------------------ zero-copy v1
     def batch_set_v1(
@@ -438,7 +459,7 @@ class MooncakeStore(HiCacheStorage):
         """
         objs = self._object_keys(key)
         rcs = self._call("batch_remove", len(objs), objs)
-        self._count_failures(rcs, "batch_remove", lambda rc: rc in (0, codes.OBJECT_NOT_FOUND))
+        self._count_failures(rcs, "batch_remove", _REMOVED)
         return all(rc in (0, codes.OBJECT_NOT_FOUND) for rc in rcs)
 
     def clear(self) -> None:

@@ -1,0 +1,184 @@
+"""Plugin vs raw Mooncake: batch set/get GiB/s and exists latency, same data, same cluster.
+
+Starts its own cluster on 127.0.0.1 (metadata server, master, one storage node) with
+``hicache_mooncake.cluster``, opens one ``MooncakeStore`` (contributing no memory, so every
+byte crosses TCP to the storage node), and for each page size times, interleaved round by
+round:
+
+- raw:    ``batch_put_from`` / ``batch_get_into`` / ``batch_is_exist`` of the store's own
+          client on the registered host pool, keys and addresses computed beforehand;
+- plugin: ``batch_set_v1`` / ``batch_get_v1`` / ``exists_many`` of the backend on the same
+          pool pages and the same bytes.
+
+Every write round uses new keys (a duplicate put is free in Mooncake and would flatter both).
+The table puts this machine's memcpy bandwidth beside the figures as the physical ceiling.
+
+    python plugins/hicache_mooncake/bench/bench_mooncake.py [--rounds 7] [--batch-pages 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from hicache_mooncake.cluster import LocalMooncakeCluster
+from hicache_mooncake.store import MooncakeStore
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from hicache_core import HiCacheStorageConfig
+from hicache_core.memory.host_pool import HostKVPool
+
+GiB = 1024**3
+
+#: page label -> (tokens per page, layers, heads, head_dim); bf16, MHA (K and V).
+GEOMETRIES: dict[str, tuple[int, int, int, int]] = {
+    "64KiB": (16, 8, 8, 16),
+    "1MiB": (64, 16, 8, 32),
+}
+
+
+@dataclass
+class Row:
+    page: str
+    op: str
+    raw: float
+    plugin: float
+    unit: str
+
+    @property
+    def ratio(self) -> float:
+        if self.unit == "GiB/s":
+            return self.plugin / self.raw if self.raw else 0.0
+        return self.raw / self.plugin if self.plugin else 0.0  # latency: lower is better
+
+
+def memcpy_gibs(nbytes: int = 256 * 1024**2, repeats: int = 5) -> float:
+    src = torch.empty(nbytes, dtype=torch.uint8).random_()
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        dst.copy_(src)
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best / GiB
+
+
+def _timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
+    t = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - t, out
+
+
+def bench_page(store_cfg: HiCacheStorageConfig, label: str, rounds: int, batch: int, progress: Progress) -> list[Row]:
+    tokens, layers, heads, dim = GEOMETRIES[label]
+    pool = HostKVPool(2 * batch * tokens, tokens, layers, heads, dim, torch.bfloat16, "page_first")
+    pool.kv_buffer.view(torch.uint8).random_()
+    store = MooncakeStore(store_cfg)
+    try:
+        store.register_mem_pool_host(pool)
+        raw = store.raw_client
+        src = pool.pages_to_indices(range(batch))
+        dst = pool.pages_to_indices(range(batch, 2 * batch))
+        src_ptrs, sizes = pool.get_page_buffer_meta(src)
+        dst_ptrs, _ = pool.get_page_buffer_meta(dst)
+        nbytes = batch * pool.page_bytes
+        times: dict[str, list[float]] = {k: [] for k in ("raw_set", "plugin_set", "raw_get", "plugin_get", "raw_exists", "plugin_exists")}
+        task = progress.add_task(f"{label} pages x{batch}", total=rounds)
+        for r in range(rounds + 1):  # round 0 warms connections up and is not counted
+            raw_keys = [f"raw-{uuid.uuid4().hex}-{i}" for i in range(batch)]
+            plug_keys = [f"plug-{uuid.uuid4().hex}-{i}" for i in range(batch)]
+            raw_obj = store.object_keys(raw_keys)
+            order = [("raw", raw_keys), ("plugin", plug_keys)]
+            if r % 2:
+                order.reverse()  # alternate who goes first
+            for who, keys in order:
+                if who == "raw":
+                    t, rcs = _timed(raw.batch_put_from, raw_obj, src_ptrs, sizes)
+                    assert all(rc == 0 for rc in rcs), f"raw put failed: {set(rcs)}"
+                    t2, rcs = _timed(raw.batch_get_into, raw_obj, dst_ptrs, sizes)
+                    assert list(rcs) == sizes, f"raw get failed: {sorted(set(rcs))}"
+                    t3, ex = _timed(raw.batch_is_exist, raw_obj)
+                    assert all(e == 1 for e in ex)
+                else:
+                    t, ok = _timed(store.batch_set_v1, keys, src)
+                    assert all(ok), f"plugin set failed: {store.get_stats()['errors']}"
+                    t2, ok = _timed(store.batch_get_v1, keys, dst)
+                    assert all(ok), f"plugin get failed: {store.get_stats()['errors']}"
+                    t3, ex = _timed(store.exists_many, keys)
+                    assert all(ex)
+                if r:
+                    times[f"{who}_set"].append(t)
+                    times[f"{who}_get"].append(t2)
+                    times[f"{who}_exists"].append(t3)
+            # Same bytes landed: the last pages read equal the pages written.
+            assert torch.equal(pool.read_page(batch).view(torch.uint8), pool.read_page(0).view(torch.uint8))
+            _drop(store, raw_keys + plug_keys)
+            if r:
+                progress.advance(task)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        return [
+            Row(label, f"batch set ({batch} pages)", nbytes / med["raw_set"] / GiB, nbytes / med["plugin_set"] / GiB, "GiB/s"),
+            Row(label, f"batch get ({batch} pages)", nbytes / med["raw_get"] / GiB, nbytes / med["plugin_get"] / GiB, "GiB/s"),
+            Row(label, f"exists ({batch} pages)", med["raw_exists"] * 1e3, med["plugin_exists"] * 1e3, "ms"),
+        ]
+    finally:
+        store.close()
+
+
+def _drop(store: MooncakeStore, keys: list[str]) -> None:
+    """Free the round's objects so the storage node never fills (reads hold short leases)."""
+    objs = store.object_keys(keys)
+    deadline = time.monotonic() + 5
+    while objs and time.monotonic() < deadline:
+        rcs = store.raw_client.batch_remove(objs)
+        objs = [o for o, rc in zip(objs, rcs) if rc not in (0, -704)]
+        if objs:
+            time.sleep(0.1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=7, help="timed rounds per page size (median reported)")
+    ap.add_argument("--batch-pages", type=int, default=128, help="pages per batch call (SGLang uses up to 128)")
+    ap.add_argument("--pages", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
+    ap.add_argument("--segment-size", default="1GB", help="storage node memory (Mooncake size syntax)")
+    ap.add_argument("--json", help="also write the rows to this JSON file")
+    args = ap.parse_args(argv)
+    console = Console()
+    limit = memcpy_gibs()
+    rows: list[Row] = []
+    with LocalMooncakeCluster(segment_size=args.segment_size, lease_ttl_ms=2000) as cluster:
+        cfg = HiCacheStorageConfig(model_name="bench", extra_config=cluster.extra_config(local_buffer_size="64mb"))
+        with Progress(console=console, transient=True) as progress:
+            for label in args.pages:
+                rows.extend(bench_page(cfg, label, args.rounds, args.batch_pages, progress))
+    table = Table(title=f"hicache-mooncake vs raw MooncakeDistributedStore (TCP over loopback, median of {args.rounds})")
+    for col in ("page", "operation", "raw Mooncake", "plugin", "plugin / raw", "memcpy limit"):
+        table.add_column(col, justify="right" if col not in ("page", "operation") else "left")
+    for row in rows:
+        ratio = row.ratio
+        style = "green" if ratio >= 0.95 else "yellow" if ratio >= 0.85 else "red"
+        table.add_row(
+            row.page, row.op, f"{row.raw:.2f} {row.unit}", f"{row.plugin:.2f} {row.unit}",
+            f"[{style}]{ratio * 100:.0f}%[/]", f"{limit:.1f} GiB/s" if row.unit == "GiB/s" else "",
+        )
+    console.print(table)
+    console.print("plugin / raw: throughput ratio for set/get, raw latency / plugin latency for exists; aim >= 95%.")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"memcpy_gibs": limit, "rows": [row.__dict__ | {"ratio": row.ratio} for row in rows]}, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
