@@ -300,3 +300,24 @@ def test_idle_mode_waits_for_storage_workers(ctl: StorageController, pool: HostK
     assert done == [[True, True]]
     ctl.attach("dirstore2", _extra(tmp_path, "b"), replace=True, switch_mode="idle")
     assert ctl.status()["backend"] == "dirstore2"
+
+
+def test_no_threads_left_after_close(pool: HostKVPool, tmp_path: Path) -> None:
+    import threading
+
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith("hicache-") and "-r7" in t.name]
+
+    ctl = make_controller(pool, rank=7)
+    ctl.attach("dirstore", _extra(tmp_path))
+    _roundtrip(ctl, pool)
+    ctl.attach("dirstore2", _extra(tmp_path, "b"), replace=True)
+    assert ours()  # workers of the attached backend
+    ctl.close()
+    _wait_for(lambda: not ours())
+
+
+def test_backend_view_of_non_json_values(ctl: StorageController, tmp_path: Path) -> None:
+    ctl.attach("dirstore", {**_extra(tmp_path), "where": tmp_path})
+    assert json.loads(ctl.backend_view()["hicache_storage_backend_extra_config_json"])["where"] == str(tmp_path)
+    assert json.loads(json.dumps(ctl.status()))["extra_config"]["where"] == str(tmp_path)

@@ -60,15 +60,19 @@ def _now_iso() -> str:
 
 
 def redact(extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` with secret-looking values replaced, for status and logs."""
+    """``extra`` with secret-looking values replaced and every value JSON-serialisable."""
     out: dict[str, Any] = {}
     for k, v in extra.items():
-        if _SECRET.search(k):
-            out[k] = "***"
+        if _SECRET.search(str(k)):
+            out[str(k)] = "***"
         elif isinstance(v, dict):
-            out[k] = redact(v)
+            out[str(k)] = redact(v)
+        elif isinstance(v, (list, tuple)):
+            out[str(k)] = [x if isinstance(x, (str, int, float, bool, type(None))) else str(x) for x in v]
+        elif isinstance(v, (str, int, float, bool, type(None))):
+            out[str(k)] = v
         else:
-            out[k] = v
+            out[str(k)] = str(v)
     return out
 
 
