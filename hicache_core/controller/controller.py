@@ -68,12 +68,20 @@ def redact(extra: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(v, dict):
             out[str(k)] = redact(v)
         elif isinstance(v, (list, tuple)):
-            out[str(k)] = [x if isinstance(x, (str, int, float, bool, type(None))) else str(x) for x in v]
+            out[str(k)] = [_plain(x) for x in v]
         elif isinstance(v, (str, int, float, bool, type(None))):
             out[str(k)] = v
         else:
             out[str(k)] = str(v)
     return out
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return redact(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(x) for x in value]
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
 
 @dataclass
