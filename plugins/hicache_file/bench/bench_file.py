@@ -85,12 +85,13 @@ def memcpy_rate(nbytes: int, repeat: int) -> float:
 
 def bench_size(label: str, root: str, pages: int, repeat: int, threads: int, progress: Progress, task: int) -> list[Row]:
     page_size, layers, heads, dim = SHAPES[label]
-    pool = HostKVPool(size=2 * pages * page_size, page_size=page_size, layer_num=layers, head_num=heads,
+    pool = HostKVPool(size=3 * pages * page_size, page_size=page_size, layer_num=layers, head_num=heads,
                       head_dim=dim, dtype=torch.bfloat16, layout="page_first")
     pool.kv_buffer.view(-1).view(torch.uint8).random_(0, 256)
     src = pool.alloc(pages * page_size)
     dst = pool.alloc(pages * page_size)
-    assert src is not None and dst is not None
+    other = pool.alloc(pages * page_size)  # different bytes for the same keys
+    assert src is not None and dst is not None and other is not None
     nbytes = pages * pool.page_bytes
     keys = [f"{i:064x}"[::-1] for i in range(pages)]
 
@@ -153,6 +154,14 @@ def bench_size(label: str, root: str, pages: int, repeat: int, threads: int, pro
     def plug_write(s: FileStore) -> Callable[[], None]:
         return lambda: _check(s.batch_set_v1(keys, src), pages)
 
+    flip = [src, other]
+
+    def plug_write_changed(s: FileStore) -> Callable[[], None]:
+        def run() -> None:
+            flip.reverse()
+            _check(s.batch_set_v1(keys, flip[0]), pages)
+        return run
+
     def plug_read(s: FileStore) -> Callable[[], None]:
         return lambda: _check(s.batch_get_v1(keys, dst), pages)
 
@@ -165,7 +174,8 @@ def bench_size(label: str, root: str, pages: int, repeat: int, threads: int, pro
     rows = []
     cases: list[tuple[str, Callable[[], None], Callable[[], None] | None, Callable[[FileStore], Callable[[], None]], Callable[[FileStore], Callable[[], None]] | None]] = [
         ("set (new pages)", raw_write_new, remove_raw_new, plug_write_new, new_keys),
-        ("set (overwrite)", raw_overwrite, None, plug_write, None),
+        ("set (same key, new bytes)", raw_overwrite, None, plug_write_changed, None),
+        ("set (same key, same bytes)", raw_overwrite, None, plug_write, None),
         ("get (warm read)", raw_read, None, plug_read, None),
         ("get (cold read)", raw_read, cold(), plug_read, cold),
     ]
@@ -207,7 +217,7 @@ def main() -> None:
     rows: list[Row] = []
     try:
         with Progress(console=console, transient=True) as progress:
-            task = progress.add_task("benchmarking", total=len(SHAPES) * 4 * 2)
+            task = progress.add_task("benchmarking", total=len(SHAPES) * 5 * 2)
             for label in SHAPES:
                 rows += bench_size(label, root, args.pages, args.repeat, args.threads, progress, task)
     finally:
@@ -226,8 +236,9 @@ def main() -> None:
     console.print(f"memcpy (torch copy of 256 MiB, this machine): {mc / GiB:.2f} GiB/s")
     console.print(
         "raw = open + one pwritev/preadv + close per page file, serial, same bytes and pool memory: "
-        "new files (O_CREAT|O_EXCL) for 'new pages', in place with O_TRUNC for 'overwrite', the "
-        "plugin's page files for reads. The plugin adds a temp file + rename per write and "
+        "new files (O_CREAT|O_EXCL) for 'new pages', in place with O_TRUNC for 'same key', the "
+        "plugin's page files for reads. The plugin adds a temp file + rename per write (a page whose "
+        "stored header already carries the same length and xxh3 is not rewritten) and "
         "header/length/xxh3 checks per read. Warm reads come from the page cache; cold reads follow "
         "posix_fadvise(DONTNEED) of every file. Writes are not fsynced (they land in the page cache). "
         f"io_threads applies to pages >= 256 KiB only. CPU cores: {os.cpu_count()}."

@@ -99,3 +99,20 @@ def check_header(header: Buffer, key: str, expected_length: int | None) -> tuple
     if kcheck != key_check(algorithm, key):
         return "file holds another key"
     return algorithm, length, payload_checksum
+
+
+def verify_file(path: str) -> bool:
+    """Whether the file at ``path`` is a whole, sound page file (any key): reads all of it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    if len(data) < HEADER_SIZE:
+        return False
+    magic, version, algorithm, hdr_size, length, payload_checksum, _ = HEADER.unpack_from(data)
+    if magic != MAGIC or version != FORMAT_VERSION or hdr_size != HEADER_SIZE or len(data) != HEADER_SIZE + length:
+        return False
+    if algorithm not in (ALGO_CRC32, ALGO_XXH3) or (algorithm == ALGO_XXH3 and not _HAS_XXHASH):
+        return False
+    return bool(checksum(algorithm, [memoryview(data)[HEADER_SIZE:]]) == payload_checksum)

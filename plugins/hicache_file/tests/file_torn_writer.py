@@ -1,8 +1,10 @@
 """Child process for the torn-write test: writes one page and stops half way.
 
-Run as ``python file_torn_writer.py DIR KEY SEED``. It fills a host-pool page from SEED, sets the
-store's mid-write hook to announce ``PAUSED`` and sleep, and writes the page under KEY; the
-test kills it with SIGKILL while it sleeps between the two halves of the write.
+Run as ``python file_torn_writer.py DIR KEY SEED STAGE``. It fills a host-pool page from SEED,
+sets the store's hook for STAGE to announce ``PAUSED`` and sleep, and writes the page under KEY;
+the test kills it with SIGKILL while it sleeps. STAGE ``mid_write``: between the two halves of
+the temporary file's write; ``before_rename``: after the old page was removed, before the new
+one is renamed into place.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def page_bytes_for(seed: int, nbytes: int) -> torch.Tensor:
 
 
 def main() -> None:
-    root, key, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    root, key, seed, stage = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     store = FileStore(HiCacheStorageConfig(model_name="torn", extra_config={"path": root, "io_threads": 1}))
     pool = make_pool()
     store.register_mem_pool_host(pool)
@@ -41,7 +43,12 @@ def main() -> None:
         print("PAUSED", flush=True)
         time.sleep(120)
 
-    store_module.MID_WRITE_HOOK = pause
+    if stage == "mid_write":
+        store_module.MID_WRITE_HOOK = pause
+    elif stage == "before_rename":
+        store_module.BEFORE_RENAME_HOOK = pause
+    else:
+        raise SystemExit(f"unknown stage {stage!r}")
     store.batch_set_v1([key], idx)
     print("FINISHED", flush=True)  # never reached when the test kills us
 

@@ -84,9 +84,9 @@ def page_file(store: FileStore, key: str) -> Path:
 
 
 # ---------------------------------------------------------------------- atomicity
-def _kill_mid_write(root: Path, key: str, seed: int) -> None:
+def _kill_mid_write(root: Path, key: str, seed: int, stage: str = "mid_write") -> None:
     child = subprocess.Popen(
-        [sys.executable, str(WRITER), str(root), key, str(seed)],
+        [sys.executable, str(WRITER), str(root), key, str(seed), stage],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -124,6 +124,34 @@ def test_kill_9_mid_write_of_a_new_page_leaves_a_miss(open_store: Callable[..., 
     assert store.exists(KEY) is False
     assert fetch(store, pool, KEY) is None
     assert store.get_stats()["corrupt"] == 0  # nothing torn was ever visible under the name
+
+
+def test_kill_9_between_removing_the_old_page_and_renaming_recovers_the_new_page(
+    open_store: Callable[..., tuple[FileStore, HostKVPool]], root: Path
+) -> None:
+    store, pool = open_store(model="torn")
+    put(store, pool, KEY, seed=1)
+    _kill_mid_write(root, KEY, seed=2, stage="before_rename")
+    assert fetch(store, pool, KEY) is None, "in the gap the page is a miss, never torn"
+    again, pool2 = open_store(model="torn")
+    stats = again.get_stats()
+    assert stats["recovered"] == 1 and stats["stale_tmp_removed"] == 0
+    got = fetch(again, pool2, KEY)
+    assert got is not None and torch.equal(got, page_bytes_for(2, pool2.page_bytes))
+    assert not any(p.name.startswith(".tmp-") for p in page_file(again, KEY).parent.iterdir())
+
+
+def test_same_bytes_are_not_rewritten_and_new_bytes_are(open_store: Callable[..., tuple[FileStore, HostKVPool]]) -> None:
+    store, pool = open_store()
+    put(store, pool, KEY, seed=8)
+    inode = page_file(store, KEY).stat().st_ino
+    put(store, pool, KEY, seed=8)
+    assert page_file(store, KEY).stat().st_ino == inode and store.get_stats()["unchanged"] == 1
+    new = put(store, pool, KEY, seed=9)
+    assert page_file(store, KEY).stat().st_ino != inode
+    got = fetch(store, pool, KEY)
+    assert got is not None and torch.equal(got, new)
+    assert store.get_stats()["writes"] == 2
 
 
 # ---------------------------------------------------------------------- corruption
