@@ -1,0 +1,143 @@
+"""Two ``hicache serve`` nodes share one Mooncake cluster: what A computed, B loads from L3.
+
+Node A serves the first half of a slice of the bundled conversation trace (write-through
+backs its pages up to Mooncake); node B then serves follow-up turns: each of A's prompts
+without its last block, plus a new block (in this early slice of the trace the second half
+shares only the first block with the first half, so the follow-ups are built from it). B
+starts with empty L1 and L2, so the prefix tokens it finds cached come from the storage tier,
+and the node verifies each loaded page against the KV it would have computed (zero
+verification errors means no wrong or stale bytes were served).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hicache_mooncake.cluster import CLIENT_ENV, LocalMooncakeCluster, free_port
+
+pytest.importorskip("hicache_core.node.server", reason="the reference node (hicache serve) is not in this hicache-core")
+
+SLICE = 40
+BLOCK = 512  # tokens per trace block
+
+
+def _trace_slice() -> list[dict[str, Any]]:
+    from hicache_core.replay.trace import sample_trace_path
+
+    with open(sample_trace_path()) as fh:
+        return [json.loads(line) for _, line in zip(range(SLICE), fh)]
+
+
+class ServeProcess:
+    """One ``hicache serve`` on 127.0.0.1, started with the mooncake backend attached."""
+
+    def __init__(self, name: str, extra_config: dict[str, Any], workdir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = workdir / f"{name}.log"
+        argv = [
+            sys.executable, "-m", "hicache_core.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+            "--model-preset", "tiny", "--page-size", "64",
+            "--hicache-storage-backend", "mooncake",
+            "--hicache-storage-backend-extra-config", json.dumps(extra_config),
+            "--hicache-write-policy", "write_through",
+        ]
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **CLIENT_ENV}, start_new_session=True)
+
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hicache serve exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"hicache serve not healthy in {timeout_s} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def generate(self, req: dict[str, Any], rid: str) -> dict[str, Any]:
+        body = {"hash_ids": req["hash_ids"], "input_length": req["input_length"], "rid": rid}
+        r = httpx.post(f"{self.url}/generate", json=body, timeout=120)
+        r.raise_for_status()
+        out: dict[str, Any] = r.json()
+        return out
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = httpx.get(f"{self.url}/hicache/status", timeout=30).json()
+        return out
+
+    def wait_backups(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            st = self.status()
+            if all(r["storage"].get("queues", {}).get("backup", 0) == 0 for r in st["ranks"]):
+                return
+            time.sleep(0.2)
+        raise AssertionError("node A's backups to Mooncake did not finish")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def two_nodes(mooncake_cluster: LocalMooncakeCluster, tmp_path: Path) -> Iterator[tuple[ServeProcess, ServeProcess]]:
+    extra = mooncake_cluster.extra_config()
+    nodes = [ServeProcess("node_a", extra, tmp_path), ServeProcess("node_b", extra, tmp_path)]
+    try:
+        for n in nodes:
+            n.wait_healthy()
+        yield nodes[0], nodes[1]
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+@pytest.mark.slow
+def test_node_b_loads_what_node_a_computed(two_nodes: tuple[ServeProcess, ServeProcess]) -> None:
+    a, b = two_nodes
+    first = _trace_slice()[: SLICE // 2]
+    follow_ups = [
+        {"hash_ids": [*r["hash_ids"][:-1], 10_000_000 + i], "input_length": len(r["hash_ids"]) * BLOCK}
+        for i, r in enumerate(first) if len(r["hash_ids"]) >= 3
+    ]
+    assert follow_ups, "the trace slice has no request of three blocks or more"
+    # Block 0 (a shared system prompt) comes from storage once, then from B's own L1.
+    from_storage_at_least = sum((len(r["hash_ids"]) - 2) * BLOCK for r in follow_ups)
+
+    a_results = [a.generate(r, f"a{i}") for i, r in enumerate(first)]
+    assert sum(x["verify_errors"] for x in a_results) == 0
+    a.wait_backups()
+    a_totals = a.status()["totals"]
+    assert a_totals["bytes_stored"] > 0, a_totals
+    assert a_totals["backup_pages_failed"] == 0, a_totals
+
+    b_results = [b.generate(r, f"b{i}") for i, r in enumerate(follow_ups)]
+    storage_hits = sum(x["cached_tokens_details"].get("storage", 0) for x in b_results)
+    print(f"node B: {storage_hits} storage-hit tokens over {len(follow_ups)} requests "
+          f"(prefix tokens only A computed: {from_storage_at_least})")
+    assert storage_hits >= 0.9 * from_storage_at_least, b_results[:3]
+    assert sum(x["verify_errors"] for x in b_results) == 0
+    b_totals = b.status()["totals"]
+    assert b_totals["cached_tokens"]["storage"] == storage_hits
+    assert b_totals["verify_errors"] == 0
+    assert b_totals["verified_pages"] > 0
