@@ -20,8 +20,6 @@ from hicache_nixl.store import NixlStore, Piece, page_length
 from hicache_nixl.transfer import Outcome
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from hicache_core.memory.host_pool import HostKVPool
     from hicache_core.spec.config import HiCacheStorageConfig
 
@@ -127,7 +125,8 @@ class NixlFileStore(NixlStore):
         n = len(skeys)
         self.counters.add("get_pages", n)
         results = [False] * n
-        opened: dict[int, tuple[int, Path]] = {}
+        lengths = [page_length(p) for p in pieces]
+        opened: dict[int, tuple[int, str]] = {}
         try:
             for i, skey in enumerate(skeys):
                 path = self.files.path(skey)
@@ -140,7 +139,7 @@ class NixlFileStore(NixlStore):
                     log.warning("nixl: cannot open %s: %s", path, exc)
                     self.counters.add("failed_pages")
                     continue
-                if os.fstat(fd).st_size != page_length(pieces[i]):
+                if os.fstat(fd).st_size != lengths[i]:
                     # A page of another shape (or a foreign file): a miss, never a partial read.
                     os.close(fd)
                     self.counters.add("size_mismatches")
@@ -151,7 +150,7 @@ class NixlFileStore(NixlStore):
                 return results
             order = list(opened)
             try:
-                reg = self._register_files([(opened[i][0], page_length(pieces[i])) for i in order])
+                reg = self._register_files([(opened[i][0], lengths[i]) for i in order])
             except Exception as exc:
                 log.warning("nixl: registering %d page files failed: %s", len(order), exc)
                 self.counters.add("failed_pages", len(order))
@@ -164,10 +163,10 @@ class NixlFileStore(NixlStore):
             for i, outcome in zip(order, outcomes):
                 if outcome is Outcome.DONE:
                     results[i] = True
-                    self.counters.add("hits")
-                    self.counters.add("bytes_read", page_length(pieces[i]))
                     if self.bound is not None:
                         self.bound.touch(opened[i][1])
+            self.counters.add("hits", sum(results))
+            self.counters.add("bytes_read", sum(n for n, ok in zip(lengths, results) if ok))
             return results
         finally:
             for fd, _ in opened.values():
@@ -177,7 +176,7 @@ class NixlFileStore(NixlStore):
         n = len(skeys)
         self.counters.add("set_pages", n)
         results = [False] * n
-        opened: dict[int, tuple[int, Path, Path]] = {}  # page -> (fd, tmp, final)
+        opened: dict[int, tuple[int, str, str]] = {}  # page -> (fd, tmp, final)
         try:
             for i, skey in enumerate(skeys):
                 path = self.files.path(skey)
@@ -213,9 +212,9 @@ class NixlFileStore(NixlStore):
             for i, (fd, tmp, _) in opened.items():
                 os.close(fd)
                 if not results[i]:
-                    tmp.unlink(missing_ok=True)
+                    _unlink(tmp)
 
-    def _publish(self, fd: int, tmp: Path, path: Path, size: int) -> bool:
+    def _publish(self, fd: int, tmp: str, path: str, size: int) -> bool:
         """Make a fully written temporary file the page file (atomic rename)."""
         try:
             if self.settings.fsync:
@@ -234,7 +233,7 @@ class NixlFileStore(NixlStore):
     def delete(self, key: str) -> bool:
         path = self.files.path(self._skeys([key])[0])
         try:
-            path.unlink()
+            os.unlink(path)
         except FileNotFoundError:
             pass
         except OSError as exc:
@@ -266,6 +265,13 @@ class NixlFileStore(NixlStore):
             stats.update(stored_bytes=self.bound.total_bytes, stored_pages=len(self.bound),
                          evicted_pages=self.bound.evicted_pages, evicted_bytes=self.bound.evicted_bytes)
         return stats
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _rows(pieces: list[Piece], fd: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:

@@ -28,32 +28,34 @@ class PageFiles:
 
     def __init__(self, root: str) -> None:
         self.root = Path(root)
-        self._made: set[Path] = set()
+        self._root = str(self.root)
+        self._made: set[str] = set()
         self._lock = threading.Lock()
         self._tmp_counter = itertools.count()
 
-    def path(self, key: str) -> Path:
+    def path(self, key: str) -> str:
+        # Plain strings, not pathlib: this runs once per page on the request path.
         digest = hashlib.blake2b(key.encode(), digest_size=2).hexdigest()
         # A key is a file name, never a path: quote escapes '/', and '.'/'..' are spelled out.
         name = quote(key, safe="")
         if not name.strip("."):
             name = "%2E" * len(name) or "%00"
-        return self.root / digest[:2] / digest[2:] / name
+        return f"{self._root}/{digest[:2]}/{digest[2:]}/{name}"
 
-    def ensure_dir(self, path: Path) -> None:
-        parent = path.parent
+    def ensure_dir(self, path: str) -> None:
+        parent = os.path.dirname(path)
         if parent in self._made:
             return
-        parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(parent, exist_ok=True)
         with self._lock:
             self._made.add(parent)
 
-    def tmp_path(self, path: Path) -> Path:
-        return path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}-{threading.get_ident()}-{next(self._tmp_counter)}")
+    def tmp_path(self, path: str) -> str:
+        return f"{path}{TMP_MARK}{os.getpid()}-{threading.get_ident()}-{next(self._tmp_counter)}"
 
-    def iter_pages(self) -> list[tuple[Path, os.stat_result]]:
+    def iter_pages(self) -> list[tuple[str, os.stat_result]]:
         """Every page file (temporaries excluded) with its stat, in no particular order."""
-        found: list[tuple[Path, os.stat_result]] = []
+        found: list[tuple[str, os.stat_result]] = []
         if not self.root.is_dir():
             return found
         for first in os.scandir(self.root):
@@ -65,7 +67,7 @@ class PageFiles:
                 for entry in os.scandir(second.path):
                     if entry.is_file() and TMP_MARK not in entry.name:
                         try:
-                            found.append((Path(entry.path), entry.stat()))
+                            found.append((entry.path, entry.stat()))
                         except FileNotFoundError:
                             continue
         return found
@@ -105,7 +107,7 @@ class SizeBound:
     def __init__(self, files: PageFiles, max_bytes: int) -> None:
         self.files = files
         self.max_bytes = max_bytes
-        self._lru: OrderedDict[Path, int] = OrderedDict()
+        self._lru: OrderedDict[str, int] = OrderedDict()
         self._lock = threading.Lock()
         self.total_bytes = 0
         self.evicted_pages = 0
@@ -117,14 +119,14 @@ class SizeBound:
     def __len__(self) -> int:
         return len(self._lru)
 
-    def touch(self, path: Path) -> None:
+    def touch(self, path: str) -> None:
         with self._lock:
             if path in self._lru:
                 self._lru.move_to_end(path)
 
-    def added(self, path: Path, size: int) -> None:
+    def added(self, path: str, size: int) -> None:
         """Record a page file that just became visible, then evict down to the bound."""
-        victims: list[tuple[Path, int]] = []
+        victims: list[tuple[str, int]] = []
         with self._lock:
             self.total_bytes += size - self._lru.pop(path, 0)
             self._lru[path] = size
@@ -143,7 +145,7 @@ class SizeBound:
         if victims:
             log.debug("nixl: evicted %d page files to stay under %d bytes", len(victims), self.max_bytes)
 
-    def removed(self, path: Path) -> None:
+    def removed(self, path: str) -> None:
         with self._lock:
             self.total_bytes -= self._lru.pop(path, 0)
 
