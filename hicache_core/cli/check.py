@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
             f.write("[pytest]\n")
         argv = [
             check_suite.__file__, "-c", ini, "--rootdir", tmp, "-p", "no:cacheprovider",
+            # No conftest.py of the directories around the installed package joins in.
+            "--confcutdir", os.path.dirname(os.path.abspath(check_suite.__file__)),
             "--hicache-backend", args.name, "--hicache-config", json.dumps(extra),
             "-q" if args.pytest_verbose else "-qq", "--tb=short" if args.pytest_verbose else "--tb=no",
         ]
