@@ -58,3 +58,13 @@ class DirStore(HiCacheStorage):
 
     def exists(self, key: str) -> bool:
         return self._file(key).is_file()
+
+
+class FailOnRank(DirStore):
+    """A DirStore that refuses to start on DP rank ``extra_config["fail_rank"]`` (rollback tests)."""
+
+    def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(config)
+        fail = int(self.config.extra().get("fail_rank", -1))
+        if self.config.dp_rank == fail:
+            raise ValueError(f"FailOnRank: refusing to start on dp rank {fail} (as configured)")

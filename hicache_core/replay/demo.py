@@ -18,8 +18,9 @@ from hicache_core.replay.report import print_report, write_plot
 from hicache_core.replay.scenario import BackendChoice, switch_scenario
 from hicache_core.replay.trace import load_trace, sample_trace_path
 
-#: Small L1/L2 so that most reuse in the sample has to come back from L3.
-DEMO_NODE_FLAGS = ("--page-size", "128", "--device-capacity-tokens", "16384", "--hicache-ratio", "8",
+#: L1 holds the sample's largest request (128 Ki tokens) but only ~1 % of its distinct pages,
+#: so most reuse has to come back from L2 and L3.
+DEMO_NODE_FLAGS = ("--page-size", "128", "--device-capacity-tokens", "131072", "--hicache-ratio", "4",
                    "--hicache-storage-prefetch-policy", "wait_complete")
 
 
@@ -51,12 +52,12 @@ def run_demo(workdir: str | None = None, limit: int | None = None, plot: str | N
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="hicache-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(16)
-    first = BackendChoice("file", {"path": str(root / "l3-a")}, "file (l3-a)")
-    second = BackendChoice("file", {"path": str(root / "l3-b")}, "file (l3-b)")
+    first = BackendChoice("file", {"path": str(root / "l3-a")}, "file-a")
+    second = BackendChoice("file", {"path": str(root / "l3-b")}, "file-b")
     requests = load_trace(sample_trace_path(), limit)
     console.print(Panel.fit(
         f"hicache demo: {len(requests)} requests of the Mooncake conversation trace (bundled sample)\n"
-        f"node: tiny model, L1 16,384 tokens, L2 131,072 tokens, L3 = file backend under {root}\n"
+        f"node: tiny model (16 B/token), L1 131,072 tokens, L2 524,288 tokens, L3 = file backend under {root}\n"
         "while the replay runs: detach L3 at 40 %, attach it again at 60 %, switch to a second file store at 80 %",
         title="hicache quick start"))
     node = NodeProcess(

@@ -46,8 +46,8 @@ def summary_table(summary: dict[str, Any], title: str = "hicache replay") -> Tab
 
 def phase_table(summary: dict[str, Any], title: str = "phases") -> Table:
     table = Table(title=title)
-    for col in ("phase", "requests", "failed", "device", "host", "storage", "hit ratio", "verify errors"):
-        table.add_column(col, justify="left" if col == "phase" else "right")
+    for col in ("phase", "reqs", "failed", "device", "host", "storage", "hit", "verify err"):
+        table.add_column(col, justify="left" if col == "phase" else "right", no_wrap=col == "phase")
     for p in summary.get("phases", []):
         tokens = p["input_tokens"] or 1
         table.add_row(
@@ -99,7 +99,9 @@ def write_plot(result: ReplayResult, path: str | Path, window: int = 50, title: 
             ax.axhline(ref, color="grey", ls=":", lw=1, label=f"trace prefix reuse {ref:.1%}")
     ax.set_xlabel("trace time (s)")
     ax.set_ylabel(f"token hit ratio (last {window} requests)")
-    ax.set_ylim(0, 1)
+    top = max([sum(v) for v in zip(*series.values())] if recs else [0.0]) if recs else 0.0
+    ref_line = result.reference.get("token_hit_ratio") or 0.0
+    ax.set_ylim(0, min(1.0, max(top, ref_line) * 1.3 + 0.05))
     ax.set_title(title or "hicache replay: hit ratio per tier")
     ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
