@@ -1,4 +1,6 @@
-"""Two ``hicache serve`` nodes share one Mooncake cluster: what A computed, B loads from L3.
+"""``hicache serve`` nodes on Mooncake: two nodes share one cluster; a master dies under a node.
+
+Sharing: what A computed, B loads from L3.
 
 Node A serves the first half of a slice of the bundled conversation trace (write-through
 backs its pages up to Mooncake); node B then serves follow-up turns: each of A's prompts
@@ -141,3 +143,65 @@ def test_node_b_loads_what_node_a_computed(two_nodes: tuple[ServeProcess, ServeP
     assert b_totals["cached_tokens"]["storage"] == storage_hits
     assert b_totals["verify_errors"] == 0
     assert b_totals["verified_pages"] > 0
+
+
+def _state(node: ServeProcess) -> str:
+    return str(node.status()["storage_state"])
+
+
+def _wait_for(check: Any, what: str, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_master_killed_under_a_node(private_cluster: LocalMooncakeCluster, tmp_path: Path) -> None:
+    """kill -9 the master while a node serves: no request fails, the breaker takes L3 away,
+    the node keeps serving from L1/L2; after a restart L3 comes back and serves no old page."""
+    reqs = _trace_slice()
+    extra = private_cluster.extra_config()
+    a = ServeProcess("node_a", extra, tmp_path)
+    c: ServeProcess | None = None
+    try:
+        a.wait_healthy()
+        before = reqs[:6]
+        for i, r in enumerate(before):
+            assert a.generate(r, f"pre{i}")["verify_errors"] == 0
+        a.wait_backups()
+        assert _state(a) == "attached"
+
+        private_cluster.kill("master")
+        during = [a.generate(r, f"during{i}") for i, r in enumerate(reqs[6:20])]
+        again = [a.generate(r, f"again{i}") for i, r in enumerate(before)]
+        assert all(x["verify_errors"] == 0 for x in during + again)
+        # Pages A computed before the kill are still in its own L1/L2.
+        assert sum(x["meta_info"]["cached_tokens"] for x in again) > 0
+        _wait_for(lambda: _state(a) != "attached", "the breaker to take the dead backend away")
+
+        private_cluster.start_master()
+        private_cluster.wait_storage_mounted()
+        # The controller probes the backend (health_check) and attaches it again by itself.
+        _wait_for(lambda: _state(a) == "attached", "node A to re-attach after the master restart", 60)
+
+        # A fresh node on the restarted cluster: the pre-kill pages are gone, never served stale.
+        c = ServeProcess("node_c", extra, tmp_path)
+        c.wait_healthy()
+        follow = [{"hash_ids": [*r["hash_ids"][:-1], 20_000_000 + i], "input_length": len(r["hash_ids"]) * BLOCK}
+                  for i, r in enumerate(before) if len(r["hash_ids"]) >= 2]
+        c_results = [c.generate(r, f"c{i}") for i, r in enumerate(follow)]
+        assert sum(x["cached_tokens_details"].get("storage", 0) for x in c_results) == 0
+        assert all(x["verify_errors"] == 0 for x in c_results)
+        # ... and L3 works again: what A writes now, C can load.
+        new = {"hash_ids": [30_000_000, 30_000_001, 30_000_002], "input_length": 3 * BLOCK}
+        a.generate(new, "new")
+        a.wait_backups()
+        hit = c.generate({"hash_ids": [*new["hash_ids"][:2], 30_000_009], "input_length": 3 * BLOCK}, "c-new")
+        assert hit["cached_tokens_details"].get("storage", 0) > 0 and hit["verify_errors"] == 0
+    finally:
+        a.stop()
+        if c is not None:
+            c.stop()
