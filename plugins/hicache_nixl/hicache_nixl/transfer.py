@@ -18,9 +18,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 #: Poll without sleeping this long before backing off: the POSIX plugin submits at most 64
-#: I/Os per poll, so sleeping early multiplies latency by the number of polls a batch needs.
-#: (``sleep(0)`` still hands the GIL to the engine's other threads between polls.)
-_SPIN_S = 0.02
+#: I/Os per poll, so any pause multiplies latency by the number of polls a batch needs, and
+#: even ``sleep(0)`` gives the CPU away for a whole time slice on a busy machine. Python's
+#: switch interval still hands the GIL to the engine's other threads while we spin.
+_SPIN_S = 0.005
 _MAX_SLEEP_S = 0.001
 
 
@@ -70,7 +71,7 @@ class Transfers:
                     return Outcome.TIMEOUT
                 if now - start > _SPIN_S:
                     pause = min(_MAX_SLEEP_S, pause * 2 or 0.00005)
-                time.sleep(pause)
+                    time.sleep(pause)
                 state = self.agent.check_xfer_state(handle)
             if state == "DONE":
                 return Outcome.DONE
