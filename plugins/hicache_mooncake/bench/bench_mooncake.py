@@ -13,7 +13,7 @@ round:
 Every write round uses new keys (a duplicate put is free in Mooncake and would flatter both).
 The table puts this machine's memcpy bandwidth beside the figures as the physical ceiling.
 
-    python plugins/hicache_mooncake/bench/bench_mooncake.py [--rounds 7] [--batch-pages 128]
+    python plugins/hicache_mooncake/bench/bench_mooncake.py [--rounds 9] [--batch-pages 128]
 """
 
 from __future__ import annotations
@@ -148,13 +148,13 @@ def _drop(store: MooncakeStore, keys: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=7, help="timed rounds per page size (median reported)")
+    ap.add_argument("--rounds", type=int, default=9, help="timed rounds per page size (median reported)")
     ap.add_argument("--batch-pages", type=int, default=128, help="pages per batch call (SGLang uses up to 128)")
     ap.add_argument("--pages", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
     ap.add_argument("--segment-size", default="1GB", help="storage node memory (Mooncake size syntax)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     limit = memcpy_gibs()
     rows: list[Row] = []
     with LocalMooncakeCluster(segment_size=args.segment_size, lease_ttl_ms=2000) as cluster:
