@@ -1,8 +1,8 @@
 """The L1 pool: KV pages in device memory (CUDA when available, else a CPU tensor).
 
-Rows are whole pages in the host pool's piece order (see ``host_pages``). Loads from pinned
-host memory copy piece by piece when pieces are large (straight DMA), else gather on the host
-and copy once.
+Rows are whole pages in the host pool's piece order (see ``host_pages``). Loads copy piece by
+piece when pieces are large (from pinned memory to a GPU: straight DMA), else gather the small
+pieces on the host and copy once.
 """
 
 from __future__ import annotations
@@ -67,14 +67,15 @@ class DevicePool:
             return
         pieces_per_page = host.pool.pieces_per_page()
         piece_bytes = host.page_bytes // pieces_per_page
-        if self.device.type == "cuda" and piece_bytes >= DIRECT_COPY_MIN_PIECE:
+        if piece_bytes >= DIRECT_COPY_MIN_PIECE:
             for slot, page in zip(slots, pages):
                 offset = 0
                 row = self.buffer[slot]
                 for piece in host.pieces(page):
                     row[offset : offset + piece.numel()].copy_(piece, non_blocking=True)
                     offset += piece.numel()
-            torch.cuda.current_stream(self.device).synchronize()
+            if self.device.type == "cuda":
+                torch.cuda.current_stream(self.device).synchronize()
             return
         self.write(slots, host.read(pages))
         if self.device.type == "cuda":
