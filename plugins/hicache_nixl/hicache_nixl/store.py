@@ -77,7 +77,7 @@ class NixlStore(HiCacheStorage):
         session = NixlSession(settings)
         flavour: type[NixlStore] = NixlObjectStore if session.selection.flavour == "obj" else NixlFileStore
         instance = super().__new__(flavour)
-        instance._new_session = session  # handed to __init__, which Python calls next
+        instance.__dict__["_new_session"] = session  # handed to __init__, which Python calls next
         return instance
 
     def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:
