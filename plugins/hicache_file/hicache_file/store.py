@@ -83,6 +83,11 @@ _GUARD = bytearray(1)
 _CHECKS = struct.Struct("<QQ")
 _LENGTH = struct.Struct("<Q")
 
+#: This process's id, for temporary file names (kept current across fork).
+_PID = [os.getpid()]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
 #: Test hook: called after an old page is removed and before its replacement is renamed in.
 BEFORE_RENAME_HOOK: Callable[[], None] | None = None
 
@@ -473,14 +478,16 @@ class FileStore(HiCacheStorage):
             stats["too_large"] += 1
             return None
         header = pack_header(self._algorithm, length, checksum(self._algorithm, pieces), full)
-        if self._algorithm == ALGO_XXH3 and self._stored_header(rel) == header:
+        # Only pages the index knows can be there already (another process's page that the
+        # index missed is simply rewritten).
+        if self._algorithm == ALGO_XXH3 and rel in self._index and self._stored_header(rel) == header:
             # Same key, same length, same 64-bit payload hash: the bytes are already there.
             # Skipping the rewrite matters: renaming over an existing file makes ext4 start
             # writeback at once (auto_da_alloc), several times the cost of a new page.
             stats["unchanged"] += 1
             return None, HEADER_SIZE + length
         shard, name = rel.split("/", 1)
-        tmp = f"{self.namespace_dir}/{shard}/{TMP_PREFIX}{os.getpid()}-{next(self._tmp_counter)}-{name}"
+        tmp = f"{self.namespace_dir}/{shard}/{TMP_PREFIX}{_PID[0]}-{next(self._tmp_counter)}-{name}"
         try:
             try:
                 fd = os.open(tmp, _OPEN_WRITE, 0o644)
@@ -558,7 +565,8 @@ class FileStore(HiCacheStorage):
                     # makes ext4 write the new one back at once (auto_da_alloc), several times
                     # slower. Readers see the old page, a miss, or the new page; a kill in
                     # between leaves the complete temporary file, renamed on the next open.
-                    _unlink_quietly(final)
+                    if rel in self._index:
+                        _unlink_quietly(final)
                     hook = BEFORE_RENAME_HOOK
                     if hook is not None:
                         hook()
