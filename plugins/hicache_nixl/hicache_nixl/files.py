@@ -20,6 +20,7 @@ from urllib.parse import quote
 log = logging.getLogger(__name__)
 
 _SHARD = re.compile(r"^[0-9a-f]{2}$")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 TMP_MARK = ".tmp-"
 
 
@@ -37,7 +38,7 @@ class PageFiles:
         # Plain strings, not pathlib: this runs once per page on the request path.
         digest = hashlib.blake2b(key.encode(), digest_size=2).hexdigest()
         # A key is a file name, never a path: quote escapes '/', and '.'/'..' are spelled out.
-        name = quote(key, safe="")
+        name = key if _PLAIN_NAME.match(key) else quote(key, safe="")  # hex keys: no quoting cost
         if not name.strip("."):
             name = "%2E" * len(name) or "%00"
         return f"{self._root}/{digest[:2]}/{digest[2:]}/{name}"
