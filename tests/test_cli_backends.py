@@ -18,9 +18,10 @@ REQUIRED_FIELDS = {"name", "status", "distribution", "version", "reason"}
 
 
 def hicache(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k != "HICACHE_PLUGINS"}  # a caller's allowlist must not leak in
     return subprocess.run(
         [sys.executable, "-m", "hicache_core.cli.main", *args], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "COLUMNS": "200", **env},
+        env={**base, "COLUMNS": "200", **env},
     )
 
 

@@ -94,7 +94,7 @@ def rows(registry: BackendRegistry) -> dict[str, BackendInfo]:
 
 # ---------------------------------------------------------------------- installed distributions
 def test_installed_plugin_form_and_class_form_are_both_found() -> None:
-    listed = rows(BackendRegistry())
+    listed = rows(BackendRegistry(environ={}))
     file_row, example_row = listed["file"], listed["example"]
     assert (file_row.status, file_row.distribution, file_row.source) == ("available", "hicache-file", "plugin")
     assert file_row.version == importlib.metadata.version("hicache-file")
@@ -106,7 +106,7 @@ def test_installed_plugin_form_and_class_form_are_both_found() -> None:
 
 
 def test_installed_backends_are_created_by_the_one_factory(tmp_path: Path) -> None:
-    registry = BackendRegistry()
+    registry = BackendRegistry(environ={})
     file_backend = create_backend("file", HiCacheStorageConfig(extra_config={"path": str(tmp_path / "f")}), registry=registry)
     example = create_backend("example", HiCacheStorageConfig(extra_config={"db_path": str(tmp_path / "e.db")}), registry=registry)
     try:
