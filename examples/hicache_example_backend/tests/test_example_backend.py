@@ -21,11 +21,16 @@ SGLANG_STYLE = {
 }
 
 
+def _clean_env() -> dict[str, str]:
+    """The environment without allowlists a caller may have set."""
+    return {k: v for k, v in os.environ.items() if k not in ("HICACHE_PLUGINS", "HICACHE_DYNAMIC_ALLOWLIST")}
+
+
 def hicache(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """The real ``hicache`` command line, in a fresh interpreter."""
     return subprocess.run(
         [sys.executable, "-m", "hicache_core.cli.main", *args],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200", **(env or {})},
+        capture_output=True, text=True, timeout=300, env={**_clean_env(), "COLUMNS": "200", **(env or {})},
     )
 
 
