@@ -97,7 +97,8 @@ def create_app(node: Node, admin_api_key: str | None = None, close_node: bool = 
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "storage_state": node.group.status()["state"]}
+        # Lock-free: health must answer while an attach or detach is in progress.
+        return {"status": "ok", "storage_attached": [r.controller.attached for r in node.ranks]}
 
     @app.get("/metrics")
     def metrics() -> PlainTextResponse:

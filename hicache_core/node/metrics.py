@@ -32,7 +32,7 @@ class NodeCollector(Collector):
         self.node = node
 
     def collect(self) -> Iterator[Metric]:
-        ranks = [r.status() for r in self.node.ranks]
+        ranks = [r.status(include_storage=False) for r in self.node.ranks]
         for key, name, doc in _COUNTERS:
             fam = CounterMetricFamily(name, doc, labels=["rank"])
             for st in ranks:

@@ -183,7 +183,7 @@ class Node:
                 switch_mode=self.switch_mode,
             )
             for rank in self.ranks:
-                rank.new_storage_epoch()
+                rank.new_storage_epoch(backend)
             return msg
 
     def detach(self) -> str:

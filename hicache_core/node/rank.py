@@ -134,6 +134,9 @@ class CacheRank:
         self.l2 = TierIndex("host", host_pool.page_num)
         self.counters = RankCounters()
         self.storage_epoch = 0  # bumped by the node on every successful attach
+        # The backend name, kept here so that requests never wait on the controller's admin
+        # lock (held for the whole of an attach or detach).
+        self.backend_name: str | None = None
         self._lock = threading.RLock()
         self._done: queue.SimpleQueue[tuple[list[str], int, list[bool]]] = queue.SimpleQueue()
         self._state_lock = threading.Lock()
@@ -153,10 +156,11 @@ class CacheRank:
             return f"scheduler is not idle. #queue-req={waiting} #running-req={running}"
         return None
 
-    def new_storage_epoch(self) -> None:
-        """A backend was (re)attached: pages are no longer known to be in L3."""
+    def new_storage_epoch(self, backend: str) -> None:
+        """``backend`` was (re)attached: pages are no longer known to be in L3."""
         with self._lock:
             self.storage_epoch += 1
+            self.backend_name = backend
 
     # ------------------------------------------------------------------ the request path
     def process(self, req: CacheRequest) -> RequestResult:
@@ -237,14 +241,13 @@ class CacheRank:
         c.verify_errors += verify_errors
         c.bytes_loaded_host_to_device += bytes_h2d
         c.bytes_loaded_storage_to_host += bytes_s2h
-        view = self.controller.backend_view()
         return RequestResult(
             rid=req.rid,
             rank=self.rank,
             input_tokens=req.input_tokens,
             cached=cached,
             computed_tokens=computed,
-            storage_backend=view.get("hicache_storage_backend"),
+            storage_backend=self.backend_name if self.controller.attached else None,
             verify_errors=verify_errors,
             bytes_loaded={"host_to_device": bytes_h2d, "storage_to_host": bytes_s2h},
             timings_ms={
@@ -571,7 +574,8 @@ class CacheRank:
         return n
 
     # ------------------------------------------------------------------ status
-    def status(self) -> dict[str, Any]:
+    def status(self, include_storage: bool = True) -> dict[str, Any]:
+        """Tiers, counters and (``include_storage``) the controller's status of this rank."""
         self.drain_backups()
         with self._lock:
             l1 = self.l1.counts()
@@ -594,7 +598,7 @@ class CacheRank:
                          "capacity_bytes": l2["capacity_pages"] * self.page_bytes},
             },
             "counters": counters,
-            "storage": self.controller.status(),
+            "storage": self.controller.status() if include_storage else {"attached": self.controller.attached},
         }
 
     def wait_backups(self, timeout_s: float = 10.0, sleep: Callable[[float], None] = time.sleep) -> bool:

@@ -93,7 +93,7 @@ def write_plot(result: ReplayResult, path: str | Path, window: int = 50, title: 
             if isinstance(pos, int) and pos < len(recs):
                 ax.axvline((recs[pos].timestamp_ms - t0) / 1000.0, color="black", ls="--", lw=0.8)
                 ax.text((recs[pos].timestamp_ms - t0) / 1000.0, 0.98, f" {ev.get('phase', '')}",
-                        rotation=90, va="top", fontsize=7)
+                        rotation=90, va="top", fontsize=7, transform=ax.get_xaxis_transform())
         ref = result.reference.get("token_hit_ratio")
         if ref is not None:
             ax.axhline(ref, color="grey", ls=":", lw=1, label=f"trace prefix reuse {ref:.1%}")
