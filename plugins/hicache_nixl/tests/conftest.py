@@ -20,8 +20,6 @@ from pathlib import Path
 import pytest
 from nixl_helpers import S3Server, free_port
 
-pytest.importorskip("nixl", reason="NIXL is not installed: pip install nixl-cu12 && pip install --no-deps nixl")
-
 # The AWS SDK inside NIXL's OBJ plugin reads its retry mode and budget once per process, when the
 # first OBJ backend starts; without a bound a request to a dead endpoint retries for ~25 s.
 os.environ.setdefault("AWS_RETRY_MODE", "standard")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytest.importorskip("nixl", reason="NIXL is not installed: pip install nixl-cu12 && pip install --no-deps nixl", exc_type=ImportError)
+
 from hicache_core import HiCacheStorageConfig
 from hicache_core.testing import StorageConformanceTests
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("nixl", reason="NIXL is not installed: pip install nixl-cu12 && pip install --no-deps nixl", exc_type=ImportError)
 import torch
 from hicache_nixl.runtime import library_load_error
 from nixl_helpers import fill, make_pool, open_nixl, read_pages

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+pytest.importorskip("nixl", reason="NIXL is not installed: pip install nixl-cu12 && pip install --no-deps nixl", exc_type=ImportError)
 from nixl_helpers import ACCESS_KEY, SECRET_KEY, S3Server, fill, free_port, make_pool, open_nixl, read_pages
 
 from hicache_core.spec.errors import HiCacheError

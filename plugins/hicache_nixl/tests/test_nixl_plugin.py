@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+pytest.importorskip("nixl", reason="NIXL is not installed: pip install nixl-cu12 && pip install --no-deps nixl", exc_type=ImportError)
 from hicache_nixl import plugin as nixl_plugin
 from hicache_nixl.file_store import NixlFileStore
 from hicache_nixl.object_store import NixlObjectStore
