@@ -270,7 +270,7 @@ class MooncakeStore(HiCacheStorage):
             # MLA: every rank holds the same KV and rank 0 writes it; the others succeed idly.
             self._bump(pages_skipped_non_writer=len(keys))
             return [True] * len(keys)
-        ptrs, sizes = pool.get_page_buffer_meta(host_indices)
+        ptrs, sizes = self.piece_addresses(pool, host_indices)
         result = self._per_page(self._put_objects(self._all_object_keys(keys), ptrs, sizes))
         good = sum(result)
         self._bump(pages_written=good, pages_write_failed=len(keys) - good, bytes_written=good * pool.page_bytes)
@@ -282,11 +282,35 @@ class MooncakeStore(HiCacheStorage):
         pool = self._pool_for_v1(keys, host_indices)
         if not keys:
             return []
-        ptrs, sizes = pool.get_page_buffer_meta(host_indices)
+        ptrs, sizes = self.piece_addresses(pool, host_indices)
         result = self._per_page(self._get_objects(self._all_object_keys(keys), ptrs, sizes, count_misses=False))
         good = sum(result)
         self._bump(pages_read=good, pages_read_failed=len(keys) - good, bytes_read=good * pool.page_bytes)
         return result
+
+    def piece_addresses(self, pool: HostKVPool, host_indices: torch.Tensor) -> tuple[list[int], list[int]]:
+        """``pool.get_page_buffer_meta(host_indices)``, computed in a few tensor operations.
+
+        In both page layouts page ``p``'s K piece starts ``p * piece`` bytes into the buffer
+        and its V piece half a buffer later; building per-page Python objects instead costs
+        about 2 us a page, which at RDMA speeds is a large share of a 128-page batch. Indices
+        are checked to be page aligned and inside the pool, because Mooncake would otherwise
+        move bytes to or from memory outside it.
+        """
+        page_size = pool.page_size
+        idx = torch.as_tensor(host_indices, dtype=torch.int64).view(-1)
+        firsts = idx[::page_size]
+        pages = firsts // page_size
+        if bool((firsts % page_size).any()) or (pages.numel() and (int(pages.min()) < 0 or int(pages.max()) >= pool.page_num)):
+            raise ValueError(f"mooncake: host indices must be page aligned and inside the pool ({pool.page_num} pages)")
+        piece = pool.page_bytes // self._parts
+        k = pages * piece + pool.kv_buffer.data_ptr()
+        if self._parts == 1:
+            ptrs: list[int] = k.tolist()
+        else:
+            v_half = pool.kv_buffer.numel() * pool.itemsize // 2
+            ptrs = torch.stack((k, k + v_half), dim=1).view(-1).tolist()
+        return ptrs, [piece] * len(ptrs)
 
     # ------------------------------------------------------------------ existence
     def exists_many(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:

@@ -270,3 +270,18 @@ def test_setup_failure_behind_the_port_check_names_the_master(mooncake_cluster: 
         MooncakeStore(HiCacheStorageConfig(extra_config={**mooncake_cluster.extra_config(), "master_server_address": address}))
     assert time.monotonic() - started < 30
     assert address in str(exc.value)
+
+
+@pytest.mark.parametrize("layout", ["page_first", "page_first_direct"])
+@pytest.mark.parametrize("is_mla", [False, True])
+def test_page_addresses_match_the_pools_own(open_store: Callable[..., MooncakeStore], layout: str, is_mla: bool) -> None:
+    """The store computes piece addresses itself (fast); they must be the pool's exactly."""
+    store = open_store(is_mla_model=is_mla)
+    pool = _pool(pages=32, layout=layout, is_mla=is_mla)
+    store.register_mem_pool_host(pool)
+    idx = pool.pages_to_indices([5, 0, 31, 17])
+    assert store.piece_addresses(pool, idx) == pool.get_page_buffer_meta(idx)
+    with pytest.raises(ValueError, match="inside the pool"):
+        store.piece_addresses(pool, pool.pages_to_indices([32]))
+    with pytest.raises(ValueError, match="page aligned"):
+        store.piece_addresses(pool, idx + 1)
