@@ -100,3 +100,18 @@ def test_presets_have_the_real_kv_sizes() -> None:
     assert PRESETS["llama3-70b"].bytes_per_token == 320 * 1024
     assert PRESETS["deepseek-v3"].bytes_per_token == 61 * 576 * 2
     assert PRESETS["tiny"].bytes_per_token == 16
+
+
+def test_l2_size_follows_sglang_flags() -> None:
+    from hicache_core.node import NodeConfig
+
+    tiny = resolve_shape("tiny")  # 16 B/token
+    assert NodeConfig(shape=tiny, page_size=64, device_capacity_tokens=1024, hicache_ratio=3).host_tokens() == 3072
+    # --hicache-size (GB, 10^9 bytes) overrides the ratio; rounded down to whole pages.
+    by_size = NodeConfig(shape=tiny, page_size=64, device_capacity_tokens=1024, hicache_ratio=3, hicache_size_gb=0.001)
+    assert by_size.host_tokens() == (10**6 // 16) // 64 * 64
+    explicit = NodeConfig(shape=tiny, page_size=64, device_capacity_tokens=1024, host_capacity_tokens=200,
+                          hicache_size_gb=5)
+    assert explicit.host_tokens() == 192
+    with pytest.raises(ValueError, match="--dp-size"):
+        NodeConfig(dp_size=0).validate()

@@ -312,8 +312,13 @@ class CacheRank:
 
     # ------------------------------------------------------------------ L3 -> L2
     def _prefetch(self, hashes: Sequence[str], start: int, held_l2: list[str]) -> tuple[int, int, str]:
-        """Prefetch ``hashes[start:]`` from L3; returns (pages kept, verify errors, note)."""
-        self._make_host_room(len(hashes) - start)
+        """Prefetch ``hashes[start:]`` from L3; returns (pages kept, verify errors, note).
+
+        L2 room is made for at most half of L2: how much L3 holds is unknown until the
+        controller's worker asks, and emptying L2 for a request L3 cannot serve would only
+        throw away pages. A longer hit is truncated where L2 runs out.
+        """
+        self._make_host_room(min(len(hashes) - start, max(1, self.l2.capacity // 2)))
         op = self.controller.prefetch(list(hashes[start:]), list(hashes[:start]))
         if op is None:
             return 0, 0, ""
