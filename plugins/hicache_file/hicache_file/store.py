@@ -43,6 +43,7 @@ from hicache_file.lru import PageIndex
 from hicache_file.pageformat import (
     ALGO_XXH3,
     HEADER_SIZE,
+    MAGIC,
     PREFIX_SIZE,
     algorithm_id,
     check_header,
@@ -247,7 +248,7 @@ class FileStore(HiCacheStorage):
                 pages=len(self._index), bytes=self._index.total_bytes,
                 max_bytes=self._index.max_bytes, max_pages=self._index.max_pages,
             )
-        for name in ("hits", "misses", "corrupt", "writes", "write_errors", "evictions"):
+        for name in ("hits", "misses", "corrupt", "wrong_size", "writes", "write_errors", "evictions"):
             stats.setdefault(name, 0)
         stats["path"] = self.namespace_dir
         return stats
@@ -376,8 +377,14 @@ class FileStore(HiCacheStorage):
             # A regular file fills every buffer up to its end, so one call suffices.
             n = os.preadv(fd, bufs, 0) if len(bufs) <= _IOV_MAX else _preadv_all(fd, bufs, 0)
             why = ""
+            other_size = False
             if n != HEADER_SIZE + expected:
-                why = f"file is {n} bytes, a page file here is {HEADER_SIZE + expected}"
+                size = os.fstat(fd).st_size
+                stored = _LENGTH.unpack_from(header, 8)[0] if n >= HEADER_SIZE else -1
+                # A whole page of another size (another pool shape, or a caller's buffer of the
+                # wrong size) is not damage: it is a miss here, and the file stays.
+                other_size = header[:4] == MAGIC and size == HEADER_SIZE + stored
+                why = f"file is {size} bytes, a page file here is {HEADER_SIZE + expected}"
             elif header[:PREFIX_SIZE] == self._prefix(expected):
                 # Fast path: this store's own format and page size; only the two checks remain.
                 payload_checksum, kcheck = _CHECKS.unpack_from(header, PREFIX_SIZE)
@@ -398,6 +405,10 @@ class FileStore(HiCacheStorage):
             return False
         finally:
             os.close(fd)
+        if other_size:
+            stats["wrong_size"] += 1
+            log.debug("file backend: page %s is not served: %s", path, why)
+            return False
         if why:
             self._corrupt(rel, path, inode, why, stats)
             return False

@@ -197,13 +197,28 @@ def test_wrong_size_file_is_a_miss(open_store: Callable[..., tuple[FileStore, Ho
     assert store.get_stats()["corrupt"] == 1
 
 
-def test_page_of_another_pool_shape_is_a_miss(open_store: Callable[..., tuple[FileStore, HostKVPool]], root: Path) -> None:
+def test_page_of_another_pool_shape_is_a_counted_miss_and_kept(open_store: Callable[..., tuple[FileStore, HostKVPool]]) -> None:
     store, _pool = open_store()
     small = torch.arange(100, dtype=torch.uint8)
     assert store.set(KEY, small) is True  # legacy set of a page of another size
-    _other, pool = open_store()
-    assert fetch(_other, pool, KEY) is None
-    assert _other.get_stats()["corrupt"] == 1
+    other, pool = open_store()
+    assert other.exists(KEY) is False
+    assert fetch(other, pool, KEY) is None
+    stats = other.get_stats()
+    assert (stats["wrong_size"], stats["corrupt"]) == (1, 0)
+    assert page_file(other, KEY).exists(), "a sound page of another size is not damage"
+    got = store.get(KEY, torch.empty(100, dtype=torch.uint8))
+    assert got is not None and torch.equal(got, small)
+
+
+def test_legacy_get_into_a_wrong_sized_buffer_keeps_the_page(open_store: Callable[..., tuple[FileStore, HostKVPool]]) -> None:
+    store, pool = open_store()
+    data = put(store, pool, KEY, seed=4)
+    assert store.get(KEY, torch.empty(10, dtype=torch.uint8)) is None
+    got = store.get(KEY, torch.empty(pool.page_bytes, dtype=torch.uint8))
+    assert got is not None and torch.equal(got, data)
+    got = store.get(KEY)  # no buffer: one of the pool's page size, in the pool's dtype
+    assert got is not None and got.dtype == pool.dtype and torch.equal(got.view(torch.uint8), data)
 
 
 def test_file_copied_under_another_key_is_a_miss(open_store: Callable[..., tuple[FileStore, HostKVPool]]) -> None:
