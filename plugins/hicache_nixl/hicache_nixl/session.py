@@ -93,13 +93,24 @@ class NixlSession:
             )
             if s.plugin == "auto":
                 for later in AUTO_ORDER[AUTO_ORDER.index(plugin) + 1:]:
-                    skipped[later] = f"not tried: {plugin} comes first in auto order"
+                    skipped[later] = self._not_tried(later, plugin)
             return Selection(plugin, NIXL_PLUGIN_NAMES[plugin], chosen_reason, skipped,
                              _params_for(plugin, s))
         detail = "; ".join(f"{k}: {v}" for k, v in skipped.items())
         if s.plugin == "auto":
             raise BackendLoadError(f"nixl: no NIXL storage plugin can be used here ({detail})")
         raise BackendLoadError(f"nixl: the configured plugin {s.plugin} cannot be used here: {detail}")
+
+    def _not_tried(self, plugin: str, chosen: str) -> str:
+        """Why a lower-priority plugin was not used, plus whether it could load here at all."""
+        reason = f"not tried: {chosen} comes first in auto order"
+        nixl_name = NIXL_PLUGIN_NAMES[plugin]
+        if plugin == "OBJ":
+            return reason + ("" if self.settings.bucket else "; and no bucket is configured")
+        if nixl_name not in self.available:
+            return f"{reason}; and this NIXL build has no {nixl_name} plugin"
+        why = library_load_error(nixl_name)  # the dynamic loader's own message, if any
+        return f"{reason}; and it would not load here: {why}" if why else reason
 
     def _try_create(self, plugin: str) -> str:
         """Create the plugin's backend on the agent; '' on success, else why not."""
