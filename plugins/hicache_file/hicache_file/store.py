@@ -562,10 +562,14 @@ class FileStore(HiCacheStorage):
                 written.append((i, rel, done[0], done[1]))
         dirs: set[str] = set()
         unchanged: list[str] = []
+        redo: list[int] = []
         with self._lock:
             # Renames and evictions under one lock keep the index equal to the directory.
             for i, rel, tmp, nbytes in written:
                 if tmp is None:  # already stored: count it as used now
+                    if rel not in self._index:  # deleted or evicted since the check: write it
+                        redo.append(i)
+                        continue
                     self._index.put(rel, nbytes)
                     unchanged.append(rel)
                     out[i] = True
@@ -603,6 +607,9 @@ class FileStore(HiCacheStorage):
         if self.settings.fsync:
             for shard in dirs:  # the rename itself is durable only once the directory is
                 _fsync_dir(f"{self.namespace_dir}/{shard}")
+        if redo:
+            for i, ok in zip(redo, self._set_pages([items[i] for i in redo])):
+                out[i] = ok
         return out
 
     def _evict_locked(self) -> int:

@@ -154,6 +154,25 @@ def test_same_bytes_are_not_rewritten_and_new_bytes_are(open_store: Callable[...
     assert store.get_stats()["writes"] == 2
 
 
+def test_page_deleted_between_the_same_bytes_check_and_the_commit_is_written(
+    open_store: Callable[..., tuple[FileStore, HostKVPool]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, pool = open_store()
+    put(store, pool, KEY, seed=12)
+    real = store._stored_header
+
+    def racing(rel: str) -> bytes | None:
+        header = real(rel)
+        store.delete(KEY)  # as another thread might, right after the check
+        return header
+
+    monkeypatch.setattr(store, "_stored_header", racing)
+    data = put(store, pool, KEY, seed=12)  # the same bytes again
+    monkeypatch.undo()
+    got = fetch(store, pool, KEY)
+    assert got is not None and torch.equal(got, data), "a True answer means the page is there"
+
+
 # ---------------------------------------------------------------------- corruption
 def test_flipped_byte_is_a_counted_miss_and_removed(open_store: Callable[..., tuple[FileStore, HostKVPool]]) -> None:
     store, pool = open_store()
