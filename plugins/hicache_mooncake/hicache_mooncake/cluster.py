@@ -91,13 +91,14 @@ class LocalMooncakeCluster:
     """Metadata server + master + ``storage_nodes`` storage nodes on 127.0.0.1.
 
     ``segment_size`` is each storage node's contribution (Mooncake size syntax, "512MB");
-    ``lease_ttl_ms`` the master's read lease (short, so tests can delete what they read);
+    ``lease_ttl_ms`` the master's read lease (2 s: longer than any test transfer on a loaded
+    machine, which would otherwise fail with lease_expired, short enough to delete what was read);
     ``client_ttl_s`` how long the master keeps a silent node's memory mounted.
     """
 
     storage_nodes: int = 1
     segment_size: str = "512MB"
-    lease_ttl_ms: int = 200
+    lease_ttl_ms: int = 2000
     eviction_high_watermark: float = 0.95
     client_ttl_s: int = 3
     workdir: Path | None = None

@@ -28,7 +28,7 @@ def _require_mooncake() -> None:
 @pytest.fixture(scope="session")
 def mooncake_cluster() -> Iterator[LocalMooncakeCluster]:
     _require_mooncake()
-    with LocalMooncakeCluster(storage_nodes=1, segment_size="512MB") as cluster:
+    with LocalMooncakeCluster(storage_nodes=1, segment_size="512MB", lease_ttl_ms=2000) as cluster:
         yield cluster
 
 
