@@ -171,3 +171,33 @@ def test_storage_node_killed_reads_fail_cleanly(private_cluster: LocalMooncakeCl
     assert _eventually(lambda: _healthy(store))
     assert store.exists_many(keys) == [False] * 6
     store.close()
+
+
+def test_full_pool_fails_pages_not_calls() -> None:
+    """A 16 MiB pool fed 48 MiB: puts beyond the space fail per page as no_space, no exception,
+    and every stored page that still reads (eviction may drop some) reads back intact."""
+    from hicache_mooncake.probe import probe
+
+    if probe():
+        pytest.skip(f"Mooncake cannot run on this machine: {probe()}")
+    with LocalMooncakeCluster(segment_size="16MB") as cluster:
+        store = _open(cluster)
+        pool = HostKVPool(256 * PAGE, PAGE, 8, 8, 16, torch.bfloat16, "page_first")  # 64 KiB pages
+        store.register_mem_pool_host(pool)
+        src, expected = _fill(pool, 128, seed=11)
+        stored: dict[str, int] = {}  # key -> page of src it was written from
+        for _ in range(6):
+            keys = _keys(128)
+            result = store.batch_set_v1(keys, src)
+            stored.update((k, i) for i, (k, ok) in enumerate(zip(keys, result)) if ok)
+        errors = store.get_stats()["errors"]
+        assert errors.get("no_space", 0) > 0, errors
+        # Eviction may have dropped some stored pages since (a miss); what reads must be intact.
+        keys = list(stored)[-128:]
+        dest = pool.alloc(len(keys) * PAGE)
+        assert dest is not None
+        got = store.batch_get_v1(keys, dest)
+        assert any(got)
+        read = _read(pool, dest)
+        assert all(read[n] == expected[stored[k]] for n, (k, ok) in enumerate(zip(keys, got)) if ok)
+        store.close()
