@@ -14,9 +14,12 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from hicache_core.spec.errors import BackendConfigError, HiCacheError
 from hicache_nixl.files import PageFiles, SizeBound
-from hicache_nixl.store import NixlStore, Piece, page_length
+from hicache_nixl.spans import PageSpans
+from hicache_nixl.store import NixlStore
 from hicache_nixl.transfer import Outcome
 
 if TYPE_CHECKING:
@@ -110,106 +113,104 @@ class NixlFileStore(NixlStore):
     def _flags(self, pooled: bool) -> int:
         return os.O_DIRECT if (pooled and self.direct) else 0
 
-    def _register_files(self, fds: list[tuple[int, int]]) -> Any:
-        """Register (fd, length) pairs as FILE segments; the fd is the device id."""
-        return self.agent.register_memory([(0, length, fd, "") for fd, length in fds], "FILE",
-                                          backends=[self.backend_name])
-
-    def _deregister(self, reg: Any) -> None:
+    def _transfer(self, op: str, spans: PageSpans, order: list[int], fds: list[int], lengths: list[int]) -> list[Outcome]:
+        """Register the open page files (the fd is the device id), run ``op``, deregister."""
         try:
-            self.agent.deregister_memory(reg, backends=[self.backend_name])
+            reg = self.agent.register_memory(
+                np.array([(0, lengths[i], fd) for i, fd in zip(order, fds)], dtype=np.uint64), "FILE",
+                backends=[self.backend_name],
+            )
         except Exception as exc:
-            log.warning("nixl: deregistering page files failed: %s", exc)
+            log.warning("nixl: registering %d page files failed: %s", len(order), exc)
+            return [Outcome.FAILED] * len(order)
+        try:
+            sub = spans.take(order)
+            return self._run_pages(op, sub.local_rows(), sub.remote_rows(fds), sub.pieces)
+        finally:
+            try:
+                self.agent.deregister_memory(reg, backends=[self.backend_name])
+            except Exception as exc:
+                log.warning("nixl: deregistering page files failed: %s", exc)
 
-    def _read(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
+    def _read(self, skeys: list[str], spans: PageSpans, pooled: bool) -> list[bool]:
         n = len(skeys)
-        self.counters.add("get_pages", n)
         results = [False] * n
-        lengths = [page_length(p) for p in pieces]
-        opened: dict[int, tuple[int, str]] = {}
+        lengths = spans.lengths()
+        flags = os.O_RDONLY | self._flags(pooled)
+        order: list[int] = []
+        fds: list[int] = []
+        paths: list[str] = []
+        misses = mismatches = unopenable = 0
         try:
             for i, skey in enumerate(skeys):
                 path = self.files.path(skey)
                 try:
-                    fd = os.open(path, os.O_RDONLY | self._flags(pooled))
+                    fd = os.open(path, flags)
                 except FileNotFoundError:
-                    self.counters.add("misses")
+                    misses += 1
                     continue
                 except OSError as exc:
                     log.warning("nixl: cannot open %s: %s", path, exc)
-                    self.counters.add("failed_pages")
+                    unopenable += 1
                     continue
                 if os.fstat(fd).st_size != lengths[i]:
                     # A page of another shape (or a foreign file): a miss, never a partial read.
                     os.close(fd)
-                    self.counters.add("size_mismatches")
-                    self.counters.add("misses")
+                    mismatches += 1
                     continue
-                opened[i] = (fd, path)
-            if not opened:
-                return results
-            order = list(opened)
-            try:
-                reg = self._register_files([(opened[i][0], lengths[i]) for i in order])
-            except Exception as exc:
-                log.warning("nixl: registering %d page files failed: %s", len(order), exc)
-                self.counters.add("failed_pages", len(order))
-                return results
-            try:
-                outcomes = self._run_pages("READ", [_rows(pieces[i], opened[i][0]) for i in order])
-            finally:
-                self._deregister(reg)
+                order.append(i)
+                fds.append(fd)
+                paths.append(path)
+            outcomes = self._transfer("READ", spans, order, fds, lengths) if order else []
             self._count_outcomes(outcomes)
-            for i, outcome in zip(order, outcomes):
+            for i, path, outcome in zip(order, paths, outcomes):
                 if outcome is Outcome.DONE:
                     results[i] = True
                     if self.bound is not None:
-                        self.bound.touch(opened[i][1])
-            self.counters.add("hits", sum(results))
-            self.counters.add("bytes_read", sum(n for n, ok in zip(lengths, results) if ok))
+                        self.bound.touch(path)
+            hits = sum(results)
+            for name, value in (("get_pages", n), ("hits", hits), ("misses", misses + mismatches),
+                                ("size_mismatches", mismatches), ("failed_pages", unopenable),
+                                ("bytes_read", sum(m for m, ok in zip(lengths, results) if ok))):
+                self.counters.add(name, value)
             return results
         finally:
-            for fd, _ in opened.values():
+            for fd in fds:
                 os.close(fd)
 
-    def _write(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
+    def _write(self, skeys: list[str], spans: PageSpans, pooled: bool) -> list[bool]:
         n = len(skeys)
-        self.counters.add("set_pages", n)
         results = [False] * n
-        opened: dict[int, tuple[int, str, str]] = {}  # page -> (fd, tmp, final)
+        lengths = spans.lengths()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | self._flags(pooled)
+        order: list[int] = []
+        fds: list[int] = []
+        names: list[tuple[str, str]] = []  # (temporary, final)
+        uncreatable = 0
         try:
             for i, skey in enumerate(skeys):
                 path = self.files.path(skey)
                 tmp = self.files.tmp_path(path)
                 try:
                     self.files.ensure_dir(path)
-                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | self._flags(pooled), 0o644)
+                    fd = os.open(tmp, flags, 0o644)
                 except OSError as exc:
                     log.warning("nixl: cannot create %s: %s", tmp, exc)
-                    self.counters.add("failed_pages")
+                    uncreatable += 1
                     continue
-                opened[i] = (fd, tmp, path)
-            if not opened:
-                return results
-            order = list(opened)
-            try:
-                reg = self._register_files([(opened[i][0], page_length(pieces[i])) for i in order])
-            except Exception as exc:
-                log.warning("nixl: registering %d page files failed: %s", len(order), exc)
-                self.counters.add("failed_pages", len(order))
-                return results
-            try:
-                outcomes = self._run_pages("WRITE", [_rows(pieces[i], opened[i][0]) for i in order])
-            finally:
-                self._deregister(reg)
+                order.append(i)
+                fds.append(fd)
+                names.append((tmp, path))
+            outcomes = self._transfer("WRITE", spans, order, fds, lengths) if order else []
             self._count_outcomes(outcomes)
-            for i, outcome in zip(order, outcomes):
+            for i, fd, (tmp, path), outcome in zip(order, fds, names, outcomes):
                 if outcome is Outcome.DONE:
-                    results[i] = self._publish(*opened[i], size=page_length(pieces[i]))
-            self.counters.add("stored", sum(results))
+                    results[i] = self._publish(fd, tmp, path, size=lengths[i])
+            for name, value in (("set_pages", n), ("stored", sum(results)), ("failed_pages", uncreatable)):
+                self.counters.add(name, value)
             return results
         finally:
-            for i, (fd, tmp, _) in opened.items():
+            for i, fd, (tmp, _) in zip(order, fds, names):
                 os.close(fd)
                 if not results[i]:
                     _unlink(tmp)
@@ -272,16 +273,6 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
-
-
-def _rows(pieces: list[Piece], fd: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
-    """DRAM rows and FILE rows of one page: piece k goes to the file right after piece k-1."""
-    local, remote, offset = [], [], 0
-    for ptr, nbytes in pieces:
-        local.append((ptr, nbytes, 0))
-        remote.append((offset, nbytes, fd))
-        offset += nbytes
-    return local, remote
 
 
 def _misalignment(pool: HostKVPool) -> str:

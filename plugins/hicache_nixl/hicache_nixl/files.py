@@ -1,18 +1,18 @@
 """Where a page file lives, and the size bound over the page files.
 
-One file per page: ``<storage_dir>/<ab>/<cd>/<key>``, the two shard levels taken from a hash
+One file per page: ``<storage_dir>/<ab>/<cd>/<key>``, the two shard levels taken from a CRC
 of the key so that any key spreads evenly. Files are written under a temporary name and
 renamed, so a reader sees a whole page or nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import os
 import re
 import threading
+import zlib
 from collections import OrderedDict
 from pathlib import Path
 from urllib.parse import quote
@@ -36,12 +36,12 @@ class PageFiles:
 
     def path(self, key: str) -> str:
         # Plain strings, not pathlib: this runs once per page on the request path.
-        digest = hashlib.blake2b(key.encode(), digest_size=2).hexdigest()
+        shard = zlib.crc32(key.encode()) & 0xFFFF  # spreads any key evenly; cheap per page
         # A key is a file name, never a path: quote escapes '/', and '.'/'..' are spelled out.
         name = key if _PLAIN_NAME.match(key) else quote(key, safe="")  # hex keys: no quoting cost
         if not name.strip("."):
             name = "%2E" * len(name) or "%00"
-        return f"{self._root}/{digest[:2]}/{digest[2:]}/{name}"
+        return f"{self._root}/{shard >> 8:02x}/{shard & 0xFF:02x}/{name}"
 
     def ensure_dir(self, path: str) -> None:
         parent = os.path.dirname(path)

@@ -24,7 +24,8 @@ import torch
 
 from hicache_core.spec.capabilities import Capabilities
 from hicache_core.spec.errors import HiCacheError
-from hicache_nixl.store import NixlStore, Piece, page_length
+from hicache_nixl.spans import PageSpans
+from hicache_nixl.store import NixlStore
 from hicache_nixl.transfer import Outcome
 
 if TYPE_CHECKING:
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PROBE_OBJECT = "__hicache_nixl_health_probe__"
-Rows = list[tuple[int, int, int]]
 
 
 class NixlObjectStore(NixlStore):
@@ -94,34 +94,27 @@ class NixlObjectStore(NixlStore):
         return None  # the plugin's query answers existence only
 
     # ------------------------------------------------------------------ I/O
-    def _register_objects(self, objects: list[tuple[str, int]]) -> tuple[Any, list[int]]:
-        ids = [next(self._dev_ids) & 0x7FFFFFFF for _ in objects]
-        reg = self.agent.register_memory(
-            [(0, length, dev, self._name(skey)) for (skey, length), dev in zip(objects, ids)], "OBJ",
-            backends=[self.backend_name],
-        )
-        return reg, ids
-
-    def _deregister(self, reg: Any) -> None:
+    def _transfer(self, op: str, skeys: list[str], spans: PageSpans) -> list[Outcome]:
+        """Register the pages' objects (fresh device ids), run ``op``, deregister."""
+        lengths = spans.lengths()
+        ids = [next(self._dev_ids) & 0x7FFFFFFF for _ in skeys]
         try:
-            self.agent.deregister_memory(reg, backends=[self.backend_name])
-        except Exception as exc:
-            log.warning("nixl: deregistering objects failed: %s", exc)
-
-    def _transfer(self, op: str, skeys: list[str], rows: list[tuple[Rows, Rows]], lengths: list[int]) -> list[Outcome]:
-        """Register the objects, run ``op`` page by page's rows (device id filled in), deregister."""
-        try:
-            reg, ids = self._register_objects(list(zip(skeys, lengths)))
+            reg = self.agent.register_memory(
+                [(0, length, dev, self._name(skey)) for skey, length, dev in zip(skeys, lengths, ids)], "OBJ",
+                backends=[self.backend_name],
+            )
         except Exception as exc:
             log.warning("nixl: registering %d objects failed: %s", len(skeys), exc)
             return [Outcome.FAILED] * len(skeys)
         try:
-            with_ids = [(local, [(off, n, dev) for off, n, _ in remote]) for (local, remote), dev in zip(rows, ids)]
-            return self._run_pages(op, with_ids)
+            return self._run_pages(op, spans.local_rows(), spans.remote_rows(ids), spans.pieces)
         finally:
-            self._deregister(reg)
+            try:
+                self.agent.deregister_memory(reg, backends=[self.backend_name])
+            except Exception as exc:
+                log.warning("nixl: deregistering objects failed: %s", exc)
 
-    def _read(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
+    def _read(self, skeys: list[str], spans: PageSpans, pooled: bool) -> list[bool]:
         n = len(skeys)
         self.counters.add("get_pages", n)
         results = [False] * n
@@ -135,61 +128,54 @@ class NixlObjectStore(NixlStore):
         self.counters.add("misses", n - len(wanted))
         if not wanted:
             return results
-        outcomes = self._transfer("READ", [skeys[i] for i in wanted], [_rows(pieces[i]) for i in wanted],
-                                  [page_length(pieces[i]) for i in wanted])
-        self._count_outcomes(outcomes)
-        for i, outcome in zip(wanted, outcomes):
-            if outcome is Outcome.DONE:
-                results[i] = True
-                self.counters.add("hits")
-                self.counters.add("bytes_read", page_length(pieces[i]))
+        outcomes = self._transfer("READ", [skeys[i] for i in wanted], spans.take(wanted))
+        self._settle(wanted, outcomes, spans.lengths(), results, "bytes_read")
+        self.counters.add("hits", sum(results))
         return results
 
-    def _write(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
-        self.counters.add("set_pages", len(skeys))
-        results = [False] * len(skeys)
-        single = [i for i, p in enumerate(pieces) if len(p) == 1]
-        multi = [i for i, p in enumerate(pieces) if len(p) > 1]
-        if single:
-            outcomes = self._transfer("WRITE", [skeys[i] for i in single], [_rows(pieces[i]) for i in single],
-                                      [page_length(pieces[i]) for i in single])
-            self._settle(single, outcomes, pieces, results)
-        if multi:
-            self._write_gathered(skeys, pieces, multi, results)
+    def _write(self, skeys: list[str], spans: PageSpans, pooled: bool) -> list[bool]:
+        n = len(skeys)
+        self.counters.add("set_pages", n)
+        results = [False] * n
+        if spans.pieces == 1:
+            outcomes = self._transfer("WRITE", skeys, spans)
+            self._settle(list(range(n)), outcomes, spans.lengths(), results, "bytes_written")
+        else:
+            self._write_gathered(skeys, spans, results)
         self.counters.add("stored", sum(results))
         return results
 
-    def _write_gathered(self, skeys: list[str], pieces: list[list[Piece]], pages: list[int], results: list[bool]) -> None:
+    def _write_gathered(self, skeys: list[str], spans: PageSpans, results: list[bool]) -> None:
         """Gather multi-piece pages into the staging buffer, a chunk at a time, and write them."""
-        page_bytes = max(page_length(pieces[i]) for i in pages)
+        lengths = spans.lengths()
+        page_bytes = max(lengths)
         staging = self._staging
         with self._staging_lock:
             if staging is None or page_bytes * self.settings.staging_pages > staging.numel():
-                log.warning("nixl: no staging buffer for %d multi-piece pages; register the host pool first", len(pages))
-                self.counters.add("failed_pages", len(pages))
+                log.warning("nixl: no staging buffer for %d multi-piece pages; register the host pool first", len(skeys))
+                self.counters.add("failed_pages", len(skeys))
                 return
             base = staging.data_ptr()
             step = self.settings.staging_pages
-            for start in range(0, len(pages), step):
-                chunk = pages[start:start + step]
-                rows: list[tuple[Rows, Rows]] = []
+            for start in range(0, len(skeys), step):
+                chunk = list(range(start, min(start + step, len(skeys))))
                 for slot, i in enumerate(chunk):
                     dst = base + slot * page_bytes
-                    offset = 0
-                    for ptr, nbytes in pieces[i]:
-                        ctypes.memmove(dst + offset, ptr, nbytes)
-                        offset += nbytes
-                    rows.append(([(dst, offset, 0)], [(0, offset, 0)]))
-                outcomes = self._transfer("WRITE", [skeys[i] for i in chunk], rows,
-                                          [page_length(pieces[i]) for i in chunk])
-                self._settle(chunk, outcomes, pieces, results)
+                    for ptr, nbytes in zip(spans.ptr[i].tolist(), spans.size[i].tolist()):
+                        ctypes.memmove(dst, ptr, nbytes)
+                        dst += nbytes
+                gathered = PageSpans.contiguous([base + slot * page_bytes for slot in range(len(chunk))],
+                                                [lengths[i] for i in chunk])
+                outcomes = self._transfer("WRITE", [skeys[i] for i in chunk], gathered)
+                self._settle(chunk, outcomes, lengths, results, "bytes_written")
 
-    def _settle(self, pages: list[int], outcomes: list[Outcome], pieces: list[list[Piece]], results: list[bool]) -> None:
+    def _settle(self, pages: list[int], outcomes: list[Outcome], lengths: list[int], results: list[bool],
+                counter: str) -> None:
         self._count_outcomes(outcomes)
-        for i, outcome in zip(pages, outcomes):
-            if outcome is Outcome.DONE:
-                results[i] = True
-                self.counters.add("bytes_written", page_length(pieces[i]))
+        done = [i for i, outcome in zip(pages, outcomes) if outcome is Outcome.DONE]
+        for i in done:
+            results[i] = True
+        self.counters.add(counter, sum(lengths[i] for i in done))
 
     # ------------------------------------------------------------------ management
     def health_check(self) -> None:
@@ -202,13 +188,3 @@ class NixlObjectStore(NixlStore):
     def _flavour_stats(self) -> dict[str, Any]:
         return {"bucket": self.settings.bucket, "endpoint": self.settings.endpoint,
                 "object_prefix": self.settings.object_prefix, "region": self.settings.region}
-
-
-def _rows(pieces: list[Piece]) -> tuple[Rows, Rows]:
-    """DRAM rows and OBJ rows (device id 0, filled in later) of one page's pieces."""
-    local, remote, offset = [], [], 0
-    for ptr, nbytes in pieces:
-        local.append((ptr, nbytes, 0))
-        remote.append((offset, nbytes, 0))
-        offset += nbytes
-    return local, remote

@@ -17,6 +17,7 @@ from abc import abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from hicache_core.spec.capabilities import Capabilities
@@ -25,16 +26,13 @@ from hicache_core.spec.errors import BackendConfigError
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_nixl.session import NixlSession
 from hicache_nixl.settings import NixlSettings
-from hicache_nixl.transfer import Outcome, Transfers, descs
+from hicache_nixl.spans import PageSpans, PoolGeometry
+from hicache_nixl.transfer import Outcome, Transfers
 
 if TYPE_CHECKING:
     from hicache_core.memory.host_pool import HostKVPool
 
 log = logging.getLogger(__name__)
-
-#: (address, byte count) of one contiguous run of a page in host memory.
-Piece = tuple[int, int]
-
 
 class Counters:
     """Thread-safe named counters, for ``get_stats``."""
@@ -101,15 +99,16 @@ class NixlStore(HiCacheStorage):
         self.suffix = self.config.namespace_suffix()
         self._pool_reg: Any = None
         self._pool_range = (0, 0)
+        self._geometry: PoolGeometry | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ flavour hooks
     @abstractmethod
-    def _read(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
+    def _read(self, skeys: list[str], spans: PageSpans, pooled: bool) -> list[bool]:
         """Fill each page's pieces from storage; ``pooled``: the pieces are in the host pool."""
 
     @abstractmethod
-    def _write(self, skeys: list[str], pieces: list[list[Piece]], pooled: bool) -> list[bool]:
+    def _write(self, skeys: list[str], spans: PageSpans, pooled: bool) -> list[bool]:
         """Store each page's pieces (concatenated) under its key."""
 
     @abstractmethod
@@ -135,6 +134,7 @@ class NixlStore(HiCacheStorage):
         self._pool_reg = self.agent.register_memory(buf, backends=[self.backend_name])
         start = buf.data_ptr()
         self._pool_range = (start, start + buf.numel() * buf.element_size())
+        self._geometry = PoolGeometry(mem_pool_host)
         self._on_pool(mem_pool_host)
 
     def _deregister_pool(self) -> None:
@@ -170,28 +170,33 @@ class NixlStore(HiCacheStorage):
     def _skeys(self, keys: Sequence[str]) -> list[str]:
         return [f"{k}{self.suffix}" for k in keys]
 
-    def _pool_pieces(self, pool: HostKVPool, host_indices: torch.Tensor) -> list[list[Piece]]:
-        return [[(p.ptr, p.nbytes) for p in pool.page_pieces(page)] for page in pool.indices_to_pages(host_indices)]
+    def _pool_spans(self, pool: HostKVPool, host_indices: torch.Tensor) -> PageSpans:
+        geometry = self._geometry
+        if geometry is None or geometry.pool is not pool:
+            geometry = self._geometry = PoolGeometry(pool)
+        return geometry.spans(pool.indices_to_pages(host_indices))
 
     def _in_pool(self, ptr: int, nbytes: int) -> bool:
         start, end = self._pool_range
         return start <= ptr and ptr + nbytes <= end
 
     # ------------------------------------------------------------------ batch runner
-    def _run_pages(self, op: str, rows: list[tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]]) -> list[Outcome]:
+    def _run_pages(self, op: str, local: np.ndarray, remote: np.ndarray, pieces: int) -> list[Outcome]:
         """Run one request for all pages; when it fails, run each page alone to find which.
 
-        ``rows``: per page, its (local DRAM rows, remote rows). A timeout is not retried: it
-        would multiply the wait.
+        ``local``/``remote``: descriptor rows, ``pieces`` consecutive rows per page. A timeout
+        is not retried: it would multiply the wait.
         """
-        if not rows:
+        pages = len(local) // pieces if pieces else 0
+        if pages == 0:
             return []
-        local = [r for page in rows for r in page[0]]
-        remote = [r for page in rows for r in page[1]]
-        outcome = self.transfers.run(op, descs(local), descs(remote))
-        if outcome is not Outcome.FAILED or len(rows) == 1:
-            return [outcome] * len(rows)
-        return [self.transfers.run(op, descs(lo), descs(re)) for lo, re in rows]
+        outcome = self.transfers.run(op, local, remote)
+        if outcome is not Outcome.FAILED or pages == 1:
+            return [outcome] * pages
+        return [
+            self.transfers.run(op, local[i * pieces:(i + 1) * pieces], remote[i * pieces:(i + 1) * pieces])
+            for i in range(pages)
+        ]
 
     def _count_outcomes(self, outcomes: Sequence[Outcome]) -> None:
         self.counters.add("failed_pages", sum(o is Outcome.FAILED for o in outcomes))
@@ -204,7 +209,7 @@ class NixlStore(HiCacheStorage):
         pool = self._pool_for_v1(keys, host_indices)
         if not keys:
             return []
-        return self._read(self._skeys(keys), self._pool_pieces(pool, host_indices), pooled=True)
+        return self._read(self._skeys(keys), self._pool_spans(pool, host_indices), pooled=True)
 
     def batch_set_v1(
         self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
@@ -216,26 +221,25 @@ class NixlStore(HiCacheStorage):
             # MLA: every rank holds the same KV and rank 0 writes it (SGLang's convention).
             self.counters.add("skipped_non_writer", len(keys))
             return [True] * len(keys)
-        return self._write(self._skeys(keys), self._pool_pieces(pool, host_indices), pooled=True)
+        return self._write(self._skeys(keys), self._pool_spans(pool, host_indices), pooled=True)
 
     # ------------------------------------------------------------------ tensors (legacy API)
     def _with_registered(self, tensors: list[torch.Tensor], fn: Any) -> list[bool]:
-        """Register the tensors outside the pool for the duration of ``fn(pieces)``."""
-        pieces = [[(t.data_ptr(), t.numel() * t.element_size())] for t in tensors]
-        outside = [t for t, p in zip(tensors, pieces) if not self._in_pool(*p[0])]
+        """Register the tensors outside the pool for the duration of ``fn(spans)``."""
+        spans = PageSpans.of_tensors(tensors)
+        lengths = spans.lengths()
+        outside = [i for i, t in enumerate(tensors) if not self._in_pool(t.data_ptr(), lengths[i])]
         reg = None
         try:
             if outside:
-                reg = self.agent.register_memory(
-                    descs([(t.data_ptr(), t.numel() * t.element_size(), 0) for t in outside]),
-                    "DRAM", backends=[self.backend_name],
-                )
+                reg = self.agent.register_memory(spans.take(outside).local_rows(), "DRAM",
+                                                 backends=[self.backend_name])
         except Exception as exc:
             log.warning("nixl: registering %d buffers failed: %s", len(outside), exc)
             self.counters.add("failed_pages", len(tensors))
             return [False] * len(tensors)
         try:
-            result: list[bool] = fn(pieces)
+            result: list[bool] = fn(spans)
             return result
         finally:
             if reg is not None:
@@ -270,7 +274,7 @@ class NixlStore(HiCacheStorage):
             slots.append(i)
         if not bufs:
             return out
-        ok = self._with_registered(bufs, lambda pieces: self._read([skeys[i] for i in slots], pieces, pooled=False))
+        ok = self._with_registered(bufs, lambda spans: self._read([skeys[i] for i in slots], spans, pooled=False))
         for i, buf, hit in zip(slots, bufs, ok):
             if not hit:
                 continue
@@ -305,7 +309,7 @@ class NixlStore(HiCacheStorage):
         if not all(isinstance(v, torch.Tensor) for v in vals):
             return False
         bufs = [v.detach().to("cpu").contiguous().view(-1).view(torch.uint8) for v in vals]
-        ok = self._with_registered(bufs, lambda pieces: self._write(self._skeys(keys), pieces, pooled=False))
+        ok = self._with_registered(bufs, lambda spans: self._write(self._skeys(keys), spans, pooled=False))
         return all(ok)
 
     def set(self, key: str, value: Any | None = None, target_location: Any | None = None,
@@ -327,7 +331,3 @@ class NixlStore(HiCacheStorage):
                 break
             count += 1
         return count
-
-
-def page_length(pieces: list[Piece]) -> int:
-    return sum(n for _, n in pieces)

@@ -31,11 +31,6 @@ class Outcome(enum.Enum):
     TIMEOUT = "timeout"
 
 
-def descs(rows: list[tuple[int, int, int]]) -> np.ndarray:
-    """An Nx3 (address or offset, length, device id) array, the cheapest descriptor input."""
-    return np.array(rows, dtype=np.uint64).reshape(-1, 3)
-
-
 class Transfers:
     """Runs READ/WRITE requests between registered DRAM and the chosen plugin's segment."""
 
@@ -51,7 +46,10 @@ class Transfers:
         self.timeouts = 0
 
     def run(self, op: str, local: np.ndarray, remote: np.ndarray) -> Outcome:
-        """Move ``local`` (DRAM rows) to or from ``remote`` (segment rows); ``op`` is READ or WRITE."""
+        """Move ``local`` (DRAM rows) to or from ``remote`` (segment rows); ``op`` is READ or WRITE.
+
+        Rows are Nx3 uint64 arrays (address or offset, length, device id), the cheapest input
+        NIXL's descriptor lists take."""
         self._retry_releases()
         handle = None
         try:
