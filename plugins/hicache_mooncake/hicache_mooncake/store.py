@@ -95,8 +95,13 @@ class MooncakeStore(HiCacheStorage):
         self._master_checked_at = 0.0
         self._master_lock = threading.Lock()
         self._closed = False
+        self._probe_lock = threading.Lock()
         self._client: Any = open_client(self.settings)
-        self._register(self._probe_buf)
+        try:
+            self._register(self._probe_buf)
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def raw_client(self) -> Any:
@@ -498,7 +503,8 @@ class MooncakeStore(HiCacheStorage):
 
         Mooncake's own ``health_check()`` keeps answering 0 after the master is killed, so
         this makes real calls: a TCP connect to the master, ``batch_is_exist`` on a probe key
-        and a put + get of a 64-byte probe object (it finds dead storage nodes and a full pool).
+        and a put + get of a 64-byte probe object (it finds dead storage nodes). A pool too full
+        for the probe still counts as healthy: it serves reads and evicts by itself.
         """
         if self._closed:
             raise HiCacheError("mooncake: backend is closed")
@@ -507,18 +513,26 @@ class MooncakeStore(HiCacheStorage):
             raise HiCacheError(f"mooncake: master {self.settings.master_server_address} unreachable: {why}")
         with self._master_lock:
             self._master_down, self._master_checked_at = False, time.monotonic()
+        with self._probe_lock:
+            self._probe()
+
+    def _probe(self) -> None:
         rcs = self._call("batch_is_exist", 1, [self._probe_key])
         if rcs[0] not in (0, 1):
             raise HiCacheError(f"mooncake: batch_is_exist probe failed ({codes.name_of(rcs[0])}, {rcs[0]})")
         buf = self._probe_buf
+        pattern = torch.arange(64, dtype=torch.uint8)
         if rcs[0] == 0:
-            buf.copy_(torch.arange(64, dtype=torch.uint8))
+            buf.copy_(pattern)
             (rc,) = self._call("batch_put_from", 1, [self._probe_key], [buf.data_ptr()], [64])
+            if rc == codes.NO_AVAILABLE_HANDLE:
+                # A full pool still serves reads and evicts on its own: not a reason to detach.
+                return
             if rc != 0:
                 raise HiCacheError(f"mooncake: probe put failed ({codes.name_of(rc)}, {rc})")
         buf.zero_()
         (rc,) = self._call("batch_get_into", 1, [self._probe_key], [buf.data_ptr()], [64])
-        if rc != 64 or not torch.equal(buf, torch.arange(64, dtype=torch.uint8)):
+        if rc != 64 or not torch.equal(buf, pattern):
             raise HiCacheError(f"mooncake: probe read failed ({codes.name_of(rc) if rc < 0 else f'{rc} bytes'})")
 
     def get_stats(self) -> dict[str, Any]:
