@@ -55,9 +55,11 @@ def _node(**kw: object) -> Node:
     return Node(NodeConfig(**kw))  # type: ignore[arg-type]
 
 
-def test_unbounded_node_reproduces_the_trace_figure(sample: list[TraceRequest]) -> None:
+@pytest.mark.parametrize("dp_size", [1, 2])
+def test_unbounded_node_reproduces_the_trace_figure(sample: list[TraceRequest], dp_size: int) -> None:
+    """Routing by the first page keeps requests that share a prefix on one rank: DP loses nothing."""
     fig = prefix_reuse(sample)
-    node = _node(page_size=64, device_capacity_tokens=(fig.distinct_blocks + 1) * 512)
+    node = _node(page_size=64, device_capacity_tokens=(fig.distinct_blocks + 1) * 512, dp_size=dp_size)
     result = replay(LocalTarget(node), sample, progress=False)
     s = result.summary()
     assert s["failed_requests"] == 0 and s["verify_errors"] == 0
