@@ -324,11 +324,14 @@ class MooncakeStore(HiCacheStorage):
         return self._per_page(self._exist_objects(self._all_object_keys(keys)))
 
     def batch_exists(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> int:
+        """Leading pages present; asks Mooncake 128 pages at a time and stops at the first gap."""
         hits = 0
-        for present in self.exists_many(keys, extra_info):
-            if not present:
-                break
-            hits += 1
+        for start in range(0, len(keys), MAX_BATCH_PAGES):
+            chunk = keys[start : start + MAX_BATCH_PAGES]
+            for present in self.exists_many(chunk, extra_info):
+                if not present:
+                    return hits
+                hits += 1
         return hits
 
     def exists(self, key: str) -> bool:

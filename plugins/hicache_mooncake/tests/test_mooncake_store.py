@@ -285,3 +285,19 @@ def test_page_addresses_match_the_pools_own(open_store: Callable[..., MooncakeSt
         store.piece_addresses(pool, pool.pages_to_indices([32]))
     with pytest.raises(ValueError, match="page aligned"):
         store.piece_addresses(pool, idx + 1)
+
+
+def test_batch_exists_stops_at_the_first_gap_across_chunks(open_store: Callable[..., MooncakeStore]) -> None:
+    store = open_store()
+    n = MAX_BATCH_PAGES + 40
+    pool = _pool(pages=n)
+    store.register_mem_pool_host(pool)
+    keys = _keys(n)
+    idx, _ = _fill(pool, n, seed=12)
+    present = [*range(MAX_BATCH_PAGES + 10), *range(MAX_BATCH_PAGES + 11, n)]  # gap at 138
+    page = pool.page_size
+    assert store.batch_set_v1([keys[i] for i in present], torch.cat([idx[i * page : (i + 1) * page] for i in present])) == [True] * len(present)
+    assert store.batch_exists(keys) == MAX_BATCH_PAGES + 10
+    assert store.batch_exists(keys[:5]) == 5
+    assert store.batch_exists([]) == 0
+    assert store.exists_many(keys)[MAX_BATCH_PAGES + 9 : MAX_BATCH_PAGES + 12] == [True, False, True]
