@@ -321,7 +321,17 @@ class MooncakeStore(HiCacheStorage):
     def exists_many(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
         if not keys:
             return []
-        return self._per_page(self._exist_objects(self._all_object_keys(keys)))
+        objs = self._all_object_keys(keys)
+        if len(objs) > MAX_BATCH_PAGES * self._parts:
+            return self._per_page(self._exist_objects(objs))
+        # One call (the common case), with the per-page fold inlined: this is the hot path of
+        # every prefetch decision.
+        rcs = self._call("batch_is_exist", len(objs), objs)
+        if min(rcs) < 0:
+            self._count_failures(rcs, "batch_is_exist", _EXIST_ANSWERS)
+        if self._parts == 1:
+            return [rc == 1 for rc in rcs]
+        return [k == 1 and v == 1 for k, v in zip(rcs[0::2], rcs[1::2])]
 
     def batch_exists(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> int:
         """Leading pages present; asks Mooncake 128 pages at a time and stops at the first gap."""
