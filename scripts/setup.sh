@@ -48,7 +48,11 @@ if [ "$all" = 1 ]; then
   echo "==> first-party backends and the example third-party backend"
   for p in plugins/hicache_mooncake plugins/hicache_nixl plugins/hicache_hf3fs plugins/hicache_aibrix \
            examples/hicache_example_backend; do
-    [ -f "$p/pyproject.toml" ] && "${pip[@]}" -e "$p"
+    [ -f "$p/pyproject.toml" ] || continue
+    extra=""
+    # --dev also takes a plugin's test extra (e.g. moto's S3 server for hicache-nixl's OBJ tests).
+    if [ "$dev" = 1 ] && grep -q '^test = ' "$p/pyproject.toml"; then extra="[test]"; fi
+    "${pip[@]}" -e "$p$extra"
   done
   # NIXL's meta package pulls both CUDA variants (~400 MB); take the cu12 wheel and the
   # thin 'nixl' front without its dependencies.
