@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hicache_core.config_values import FALSE_WORDS, parse_bool
 from hicache_core.spec.errors import BackendConfigError
 
 ENV_PREFIX = "AIBRIX_KV_CACHE_OL_"
@@ -103,18 +104,16 @@ FORCED_ENV: dict[str, tuple[str, str]] = {
     ),
     ENV_PREFIX + "DEVICE": ("cpu", "the AIBrix cache sits beside the host pool in host memory"),
 }
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
 
 
 def _as_env_value(setting: Setting, value: Any) -> str:
     """Validate ``value`` for ``setting`` and spell it the way AIBrix parses it."""
     where = f"extra-config key {setting.key!r}"
     if setting.kind is bool:
-        text = str(value).strip().lower()
-        if isinstance(value, bool) or text in _TRUE | _FALSE:
-            return "1" if (value is True or text in _TRUE) else "0"
-        raise BackendConfigError(f"{where} must be true or false, got {value!r}")
+        try:
+            return "1" if parse_bool(value) else "0"
+        except ValueError:
+            raise BackendConfigError(f"{where} must be true or false, got {value!r}") from None
     if setting.kind in (int, float):
         try:
             number = setting.kind(value)
@@ -199,7 +198,7 @@ def parse_settings(extra: Mapping[str, Any]) -> AIBrixSettings:
     for env, (forced, why) in FORCED_ENV.items():
         given = overlay.get(env, os.environ.get(env))
         if given is not None and given.strip().lower() != forced and not (
-            forced == "0" and given.strip().lower() in _FALSE
+            forced == "0" and given.strip().lower() in FALSE_WORDS
         ):
             raise BackendConfigError(f"{env}={given!r} cannot be used with hicache ({why}); unset it")
         overlay[env] = forced

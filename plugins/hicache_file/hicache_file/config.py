@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hicache_core.config_values import parse_bool, parse_size
 from hicache_core.spec.errors import BackendConfigError
 
 DEFAULT_PATH = "/tmp/hicache"
@@ -15,10 +15,6 @@ PATH_ENV = "HICACHE_FILE_PATH"
 SGLANG_PATH_ENV = "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR"
 DEFAULT_IO_THREADS = 2
 CHECKSUMS = ("xxh3", "crc32")
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgtp]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5}
-
 
 @dataclass(frozen=True)
 class FileStoreSettings:
@@ -70,14 +66,10 @@ def _bool(extra: Mapping[str, Any], key: str, default: bool) -> bool:
     value = extra.get(key)
     if value is None:
         return default
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise BackendConfigError(f"file backend: '{key}' must be true or false, got {value!r}")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise BackendConfigError(f"file backend: '{key}' must be true or false, got {value!r}") from None
 
 
 def _int(extra: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int | None:
@@ -91,22 +83,6 @@ def _int(extra: Mapping[str, Any], key: str, default: int | None, minimum: int) 
     if number < minimum:
         raise BackendConfigError(f"file backend: '{key}' must be at least {minimum}, got {number}")
     return number
-
-
-def parse_size(value: Any) -> int:
-    """Bytes in ``value``: an int, or a string such as ``'512MiB'``, ``'64G'``, ``'1.5GB'``.
-
-    Binary units throughout (``'1GB'`` is 2**30 bytes): the bound is about RAM and disk pages.
-    """
-    if isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a size")
-    if isinstance(value, int):
-        return value
-    match = _SIZE.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a size such as 1048576, '512MiB' or '64GiB'")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * (1024 ** _UNITS[unit]))
 
 
 def _size(extra: Mapping[str, Any], key: str) -> int | None:

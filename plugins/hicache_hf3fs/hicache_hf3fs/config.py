@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from hicache_core.config_values import parse_bool
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.errors import BackendConfigError
 
@@ -52,15 +53,10 @@ class Hf3fsSettings:
 
 
 def _bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off", ""):
-        return False
-    if isinstance(value, int) and value in (0, 1):
-        return bool(value)
-    raise BackendConfigError(f"hf3fs: {name} must be true or false, got {value!r}")
+    try:
+        return parse_bool(value, empty=False)
+    except ValueError:
+        raise BackendConfigError(f"hf3fs: {name} must be true or false, got {value!r}") from None
 
 
 def _number(name: str, value: Any, kind: type, minimum: float | None) -> Any:

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hicache_core import config_values
 from hicache_core.spec.errors import BackendConfigError
 
 CONFIG_PATH_ENV = "MOONCAKE_CONFIG_PATH"
@@ -57,30 +58,16 @@ PROTOCOLS: frozenset[str] = frozenset(
     {"tcp", "rdma", "efa", "nvmeof", "nvlink", "nvlink_intra", "cxl", "ascend", "hip", "barex", "ub"}
 )
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1024, "m": MiB, "g": GiB, "t": 1024**4}
 _HOST_PORT = re.compile(r"^\[?[A-Za-z0-9_.\-:]+\]?:(\d{1,5})$")
 _MASTER_SCHEMES = ("etcd://", "redis://", "k8s://")
 
 
 def parse_size(value: Any, name: str, source: str) -> int:
     """Bytes from an int or a string such as ``"4gb"``, ``"16 MiB"``, ``"1.5g"`` (powers of 1024)."""
-    if isinstance(value, bool):
-        raise _bad(name, value, source, "a byte count (an int, or a string such as '4gb')")
-    if isinstance(value, int):
-        size = value
-    elif isinstance(value, float) and value.is_integer():
-        size = int(value)
-    elif isinstance(value, str):
-        m = _SIZE.match(value)
-        if not m:
-            raise _bad(name, value, source, "a byte count such as 1073741824, '512mb' or '4gb'")
-        size = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
-    else:
-        raise _bad(name, value, source, "a byte count (an int, or a string such as '4gb')")
-    if size < 0:
-        raise _bad(name, value, source, "a byte count >= 0")
-    return size
+    try:
+        return config_values.parse_size(value)
+    except ValueError:
+        raise _bad(name, value, source, "a byte count >= 0: an int, or a string such as '512mb' or '4gb'") from None
 
 
 def _bad(name: str, value: Any, source: str, expected: str) -> BackendConfigError:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hicache_core.config_values import parse_bool, parse_size
 from hicache_core.spec.errors import BackendConfigError
 
 #: What ``plugin`` accepts; ``3FS`` is NIXL's ``HF3FS`` plugin.
@@ -63,38 +64,19 @@ OPTIONS: tuple[Option, ...] = (
 )
 OPTION_NAMES = frozenset(o.name for o in OPTIONS)
 
-_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
-          "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
-
-
 def parse_bytes(name: str, value: Any) -> int:
     """``'64GiB'``, ``'512m'``, ``1024`` -> bytes; a clear error naming the key otherwise."""
-    if isinstance(value, bool):
-        raise BackendConfigError(f"nixl: {name} must be a size in bytes, got {value!r}")
-    if isinstance(value, int):
-        number, unit = value, ""
-    else:
-        text = str(value).strip().lower().replace(" ", "")
-        digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
-        unit = text[len(digits):]
-        try:
-            number = int(float(digits)) if digits else -1
-        except ValueError:
-            number = -1
-    if number < 0 or unit not in _UNITS:
-        raise BackendConfigError(f"nixl: {name} must be a size such as 1073741824 or '64GiB', got {value!r}")
-    return number * _UNITS[unit]
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise BackendConfigError(f"nixl: {name} must be a size such as 1073741824 or '64GiB', got {value!r}") from None
 
 
 def _parse_bool(name: str, value: Any) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off", ""):
-        return False
-    raise BackendConfigError(f"nixl: {name} must be true or false, got {value!r}")
+    try:
+        return parse_bool(value, empty=False)
+    except ValueError:
+        raise BackendConfigError(f"nixl: {name} must be true or false, got {value!r}") from None
 
 
 def _parse_choice(name: str, value: Any, choices: tuple[str, ...], case_insensitive: bool = True) -> str:
