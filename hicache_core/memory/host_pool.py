@@ -66,6 +66,8 @@ class HostKVPool:
         layout: str = "page_first",
         is_mla: bool = False,
         pin_memory: bool | None = None,
+        kv_lora_rank: int | None = None,
+        qk_rope_head_dim: int | None = None,
     ) -> None:
         if layout not in LAYOUTS:
             raise LayoutError(f"unknown host pool layout {layout!r}; use one of {', '.join(LAYOUTS)}")
@@ -75,6 +77,22 @@ class HostKVPool:
             )
         if min(layer_num, head_dim) <= 0 or (not is_mla and head_num <= 0):
             raise ValueError("layer_num, head_num and head_dim must be positive")
+        if (kv_lora_rank is not None or qk_rope_head_dim is not None) and not is_mla:
+            raise ValueError("kv_lora_rank and qk_rope_head_dim describe MLA pools; pass is_mla=True")
+        if is_mla:
+            # SGLang's MLA pool stores kv_lora_rank + qk_rope_head_dim values per token; here
+            # that total is head_dim. Given one, the other follows; given both, they must add up.
+            lora = head_dim - (qk_rope_head_dim or 0) if kv_lora_rank is None else kv_lora_rank
+            rope = head_dim - lora if qk_rope_head_dim is None else qk_rope_head_dim
+            if lora < 0 or rope < 0 or lora + rope != head_dim:
+                raise ValueError(
+                    f"MLA pool: kv_lora_rank ({kv_lora_rank}) + qk_rope_head_dim ({qk_rope_head_dim}) "
+                    f"must equal head_dim ({head_dim}), the latent width per token"
+                )
+            kv_lora_rank, qk_rope_head_dim = lora, rope
+        #: SGLang's ``MLATokenToKVPoolHost`` attributes (None for MHA pools).
+        self.kv_lora_rank: int | None = kv_lora_rank
+        self.qk_rope_head_dim: int | None = qk_rope_head_dim
         self.size = size
         self.page_size = page_size
         self.page_num = size // page_size
@@ -91,6 +109,8 @@ class HostKVPool:
         self.kv_buffer = torch.zeros(
             self._buffer_shape(), dtype=dtype, device="cpu", pin_memory=self.pin_memory
         )
+        #: SGLang's host pools keep this as an attribute, next to ``get_size_per_token()``.
+        self.size_per_token = self.get_size_per_token()
         self._lock = threading.Lock()
         self._free_pages: list[int] = list(range(self.page_num - 1, -1, -1))
 
@@ -117,6 +137,36 @@ class HostKVPool:
         """Bytes of KV one token takes (all layers, K and V for MHA)."""
         per_layer = self.head_num * self.head_dim * self.itemsize
         return self.layer_num * per_layer * (1 if self.is_mla else 2)
+
+    # SGLang's derived names, for backends that read them.
+    @property
+    def kv_cache_dim(self) -> int:
+        """Values per token per layer of an MLA pool (SGLang's name; head_dim here)."""
+        return self.head_dim
+
+    @property
+    def token_stride_size(self) -> int:
+        """Bytes of one token of one layer, K or V (SGLang's name)."""
+        return self.head_num * self.head_dim * self.itemsize
+
+    @property
+    def layout_dim(self) -> int:
+        """Bytes of one token over all layers, K or V (SGLang's name)."""
+        return self.token_stride_size * self.layer_num
+
+    @property
+    def k_buffer(self) -> torch.Tensor:
+        """The K half of an MHA ``kv_buffer`` (SGLang's ``MHATokenToKVPoolHost.k_buffer``)."""
+        if self.is_mla:
+            raise AttributeError("an MLA host pool has no k_buffer; use kv_buffer")
+        return self.kv_buffer[0]
+
+    @property
+    def v_buffer(self) -> torch.Tensor:
+        """The V half of an MHA ``kv_buffer`` (SGLang's ``MHATokenToKVPoolHost.v_buffer``)."""
+        if self.is_mla:
+            raise AttributeError("an MLA host pool has no v_buffer; use kv_buffer")
+        return self.kv_buffer[1]
 
     @property
     def page_bytes(self) -> int:

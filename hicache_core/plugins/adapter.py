@@ -8,13 +8,14 @@ where lists are promised, a working v1 path whether or not the backend has one.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from hicache_core.spec.capabilities import Capabilities
 from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
-from hicache_core.spec.errors import BackendLoadError
+from hicache_core.spec.errors import BackendLoadError, LayoutError
 from hicache_core.spec.storage import HiCacheStorage
 
 if TYPE_CHECKING:
@@ -29,6 +30,19 @@ V1_METHODS: tuple[str, ...] = ("batch_get_v1", "batch_set_v1")
 def missing_methods(obj: Any, names: tuple[str, ...] = REQUIRED_METHODS) -> list[str]:
     """The names in ``names`` that ``obj`` lacks or has as non-callables."""
     return [n for n in names if not callable(getattr(obj, n, None))]
+
+
+def _mentions_layout(exc: BaseException) -> bool:
+    text = str(exc).lower().replace("_", " ")
+    return "layout" in text or "page first" in text
+
+
+def implements(obj: Any, name: str) -> bool:
+    """True when ``obj`` has a callable ``name`` of its own, not the ABC's raising default."""
+    if not callable(getattr(obj, name, None)):
+        return False
+    own = getattr(type(obj), name, None)
+    return own is None or own is not getattr(HiCacheStorage, name, None)
 
 
 class DuckTypedBackend(HiCacheStorage):
@@ -59,10 +73,13 @@ class DuckTypedBackend(HiCacheStorage):
             )
         self._warned_v1 = False
         declared = getattr(inner, "capabilities", None)
+        if declared is HiCacheStorage.capabilities:
+            declared = None  # inherited from hicache's ABC (or SGLang's base on it): says nothing
+        self._declared_caps = isinstance(declared, Capabilities)
         caps = declared if isinstance(declared, Capabilities) else Capabilities(
             zero_copy_v1=self._native_v1,
-            delete=callable(getattr(inner, "delete", None)),
-            clear=callable(getattr(inner, "clear", None)),
+            delete=implements(inner, "delete"),
+            clear=implements(inner, "clear"),
         )
         self.capabilities = caps  # type: ignore[misc]  # per-instance, from the wrapped class
 
@@ -71,7 +88,17 @@ class DuckTypedBackend(HiCacheStorage):
         super().register_mem_pool_host(mem_pool_host)
         register = getattr(self.inner, "register_mem_pool_host", None)
         if callable(register):
-            register(mem_pool_host)
+            try:
+                register(mem_pool_host)
+            except (AssertionError, ValueError) as exc:
+                # SGLang backends state a layout requirement with an assert (Mooncake: "only
+                # support page first or page first direct layout"): make it hicache's LayoutError.
+                if mem_pool_host.is_page_first_layout or not _mentions_layout(exc):
+                    raise
+                raise LayoutError(
+                    f"backend {self.name!r} refused host pool layout {mem_pool_host.layout!r} ({exc}); "
+                    "start with --hicache-mem-layout page_first (or page_first_direct)"
+                ) from exc
         else:
             self.inner.mem_pool_host = mem_pool_host
 
@@ -176,6 +203,8 @@ class DuckTypedBackend(HiCacheStorage):
                 self.name, method, type(result).__name__ if result is not None else None, count,
             )
         self._native_v1 = False
+        if self.capabilities.zero_copy_v1 and not self._declared_caps:
+            self.capabilities = replace(self.capabilities, zero_copy_v1=False)  # type: ignore[misc]
         return None
 
     def health_check(self) -> None:

@@ -69,10 +69,41 @@ def load_dynamic_class(extra: dict[str, Any], environ: dict[str, str] | None = N
     """Import the class a dynamic config names, after the allowlist check."""
     target = parse_dynamic_config(extra)
     check_dynamic_allowed(target.module_path, environ)
-    obj = import_target(f"{target.module_path}:{target.class_name}", what=f"dynamic backend {target.backend_name!r}")
+    obj = _import_with_sglang_shim(target)
     if not isinstance(obj, type):
         raise BackendLoadError(
             f"dynamic backend {target.backend_name!r}: {target.module_path}.{target.class_name} is a "
             f"{type(obj).__name__}, not a class; class_name must name the storage class"
         )
     return obj, target
+
+
+def _import_with_sglang_shim(target: DynamicTarget) -> Any:
+    """Import the target; when it fails only because ``sglang`` is missing, retry with the shim.
+
+    Backends written for SGLang import its base class from ``sglang.srt.mem_cache``; hicache
+    serves those modules itself (``hicache_core.compat.sglang_shim``) unless a real sglang is
+    installed, which always wins.
+    """
+    from hicache_core.compat import sglang_shim
+
+    where = f"{target.module_path}:{target.class_name}"
+    what = f"dynamic backend {target.backend_name!r}"
+    try:
+        return import_target(where, what=what)
+    except BackendLoadError as exc:
+        missing = sglang_shim.missing_sglang_module(exc)
+        if missing is None or not sglang_shim.install(reason=f"{target.module_path} imports {missing}"):
+            raise
+    try:
+        return import_target(where, what=what)
+    except BackendLoadError as exc:
+        missing = sglang_shim.missing_sglang_module(exc)
+        if missing is None:
+            raise
+        raise BackendLoadError(
+            f"{what}: {target.module_path} imports {missing}, which hicache's SGLang shim does not "
+            f"provide (it provides {', '.join(sglang_shim.provided_modules())}); install sglang "
+            "to run this backend"
+        ) from exc
+

@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from hicache_core.compat.sglang_api import is_sglang_shaped
 from hicache_core.plugins.adapter import DuckTypedBackend, missing_methods
 from hicache_core.plugins.dynamic import DYNAMIC_KEYS, load_dynamic_class
 from hicache_core.plugins.registry import DYNAMIC, BackendRegistry, default_registry
@@ -110,7 +111,9 @@ def create_backend(
 
     ``name`` is an installed backend or ``dynamic``. Declared config defaults fill keys the
     caller left out. Classes that do not subclass ``HiCacheStorage`` are wrapped so that the
-    result always keeps the contract. On any failure nothing is left open.
+    result always keeps the contract, and so are subclasses of SGLang's base class (served by
+    ``hicache_core.compat``), whose ``batch_*_v1`` return None. On any failure nothing is left
+    open.
     """
     config = config if config is not None else HiCacheStorageConfig()
     extra = config.extra()
@@ -138,7 +141,7 @@ def create_backend(
             )
     instance = _instantiate(cls, config, display)
     backend: HiCacheStorage
-    if isinstance(instance, HiCacheStorage):
+    if isinstance(instance, HiCacheStorage) and not is_sglang_shaped(cls):
         backend = instance
     else:
         backend = DuckTypedBackend(instance, config, bool(interface_v1), display)
