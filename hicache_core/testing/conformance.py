@@ -192,6 +192,15 @@ class StorageConformanceTests:
         got = backend.get(key, pool.get_dummy_flat_data_page())
         assert got is not None and _bytes(got) in (_bytes(first), _bytes(second))
 
+    def test_empty_batches(self, backend_and_pool: tuple[HiCacheStorage, HostKVPool]) -> None:
+        backend, _ = backend_and_pool
+        none = torch.empty(0, dtype=torch.int64)
+        assert backend.batch_get_v1([], none) == []
+        assert backend.batch_set_v1([], none) == []
+        assert backend.batch_exists([]) == 0
+        assert backend.exists_many([]) == []
+        assert backend.batch_get([]) == []
+
     # ------------------------------------------------------------------ zero-copy v1
     @pytest.mark.parametrize("layout", LAYOUTS)
     def test_v1_roundtrip(self, layout: str, connect: Callable[..., tuple[HiCacheStorage, HostKVPool]], keys: Callable[[int], list[str]]) -> None:
