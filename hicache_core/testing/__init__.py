@@ -17,8 +17,26 @@
 each time it is called (the kit calls it again to test persistence across reopen). The kit
 registers the host pool, closes what it opened, and skips what the backend's capabilities
 say is absent. ``hicache check NAME`` runs the same suite against an installed backend.
+
+``hicache_core.testing.processes`` starts the services such tests need (a server process on a
+free loopback port, waited for until healthy, stopped by PID).
 """
 
-from hicache_core.testing.conformance import StorageConformanceTests
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hicache_core.testing.conformance import StorageConformanceTests
 
 __all__ = ["StorageConformanceTests"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the kit pulls in pytest and torch, which the process helpers
+    # (used by ``hicache_core.node.server``) do not need.
+    if name == "StorageConformanceTests":
+        from hicache_core.testing.conformance import StorageConformanceTests
+
+        return StorageConformanceTests
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

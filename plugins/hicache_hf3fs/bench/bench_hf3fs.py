@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +30,7 @@ from rich.table import Table
 
 from hicache_core import HiCacheStorageConfig
 from hicache_core.memory.host_pool import HostKVPool
+from hicache_core.testing.processes import ServiceProcess
 
 BATCH = 128
 # page_size 16, 4 layers, 4 heads, bf16 K and V: head_dim 64 -> 64 KiB pages, 1024 -> 1 MiB.
@@ -64,12 +64,11 @@ def raw_pass(fd: int, views: list[list[memoryview]], page_bytes: int, write: boo
         call(fd, v, i * page_bytes)
 
 
-def start_service() -> tuple[subprocess.Popen[bytes], str]:
+def start_service() -> ServiceProcess:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from hf3fs_testutil import start_metadata_service
 
-    svc = start_metadata_service()
-    return svc.proc, svc.url
+    return start_metadata_service()
 
 
 def run(args: argparse.Namespace) -> None:
@@ -112,7 +111,7 @@ def run(args: argparse.Namespace) -> None:
                 variants: list[tuple[str, int, str]] = [("plugin, in-process metadata", 1, ""),
                                                          ("plugin, in-process metadata", args.jobs, "")]
                 if server is not None:
-                    variants.append(("plugin, HTTP metadata service", args.jobs, server[1]))
+                    variants.append(("plugin, HTTP metadata service", args.jobs, server.url))
                 for name, jobs, url in variants:
                     prefix = workdir / f"kv-{label.replace(' ', '')}-{jobs}-{'srv' if url else 'local'}"
                     extra = {"file_path_prefix": str(prefix), "file_size": file_size, "numjobs": jobs,
@@ -139,8 +138,7 @@ def run(args: argparse.Namespace) -> None:
                     progress.advance(task)
     finally:
         if server is not None:
-            server[0].terminate()
-            server[0].wait(timeout=10)
+            server.stop()
         if own_dir:
             shutil.rmtree(workdir, ignore_errors=True)
     console.print(table)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nixl_helpers import S3Server, free_port
+from nixl_helpers import S3Server
+
+from hicache_core.testing.processes import ServiceError, ServiceProcess, free_port, http_ready
 
 # The AWS SDK inside NIXL's OBJ plugin reads its retry mode and budget once per process, when the
 # first OBJ backend starts; without a bound a request to a dead endpoint retries for ~25 s.
@@ -31,35 +30,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     pytest.importorskip("moto.server", reason="moto's server mode is not installed: pip install 'moto[server]'")
     pytest.importorskip("boto3", reason="boto3 is not installed: pip install boto3")
     port = free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )
     endpoint = f"http://127.0.0.1:{port}"
+    server = ServiceProcess(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        name="moto server", url=endpoint, ready=http_ready(f"{endpoint}/moto-api/"),
+        log_path=tmp_path_factory.mktemp("moto") / "moto.log",
+    )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"moto server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"moto server on {endpoint} not healthy after 30 s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield S3Server(endpoint, proc.pid)
+        server.start(timeout_s=30)
+    except ServiceError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield S3Server(endpoint, server.pid or 0)
     finally:
-        os.kill(proc.pid, 15)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, 9)
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +9,9 @@ import torch
 
 from hicache_core import HiCacheStorageConfig, HostKVPool, create_backend
 from hicache_core.spec.storage import HiCacheStorage
+from hicache_core.testing.processes import free_port
+
+__all__ = ["ACCESS_KEY", "SECRET_KEY", "S3Server", "fill", "free_port", "make_pool", "open_nixl", "page_bytes", "read_pages"]
 
 
 def make_pool(pages: int = 64, page_size: int = 16, layout: str = "page_first", is_mla: bool = False,
@@ -47,12 +49,6 @@ def read_pages(pool: HostKVPool, idx: torch.Tensor) -> list[bytes]:
 
 ACCESS_KEY = "hicache-test"
 SECRET_KEY = "hicache-test-secret"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
