@@ -140,25 +140,55 @@ class DuckTypedBackend(HiCacheStorage):
 
     # bulk ----------------------------------------------------------------------
     def batch_get(self, keys: list[str], target_locations: Any | None = None, target_sizes: Any | None = None) -> list[torch.Tensor | None]:
+        if not keys:  # SGLang never sends an empty batch; its backends may assert on one
+            return []
         fn = getattr(self.inner, "batch_get", None)
         if not callable(fn):
             return super().batch_get(keys, target_locations, target_sizes)
         result = fn(keys, target_locations, target_sizes)
         if isinstance(result, list) and len(result) == len(keys):
             return [r if isinstance(r, torch.Tensor) else None for r in result]
-        if isinstance(result, int) and target_locations is not None:
-            # Some SGLang backends answer with the count of leading pages read into targets.
-            locs = list(target_locations)
-            return [locs[i] if i < result else None for i in range(len(keys))]
+        if isinstance(result, int) and not isinstance(result, bool) and target_locations is not None:
+            return self._leading_counts(fn, keys, list(target_locations), target_sizes, result)
         return super().batch_get(keys, target_locations, target_sizes)
 
+    def _leading_counts(
+        self, fn: Any, keys: list[str], locs: list[Any], target_sizes: Any, first: int
+    ) -> list[torch.Tensor | None]:
+        """Per-page answers from a ``batch_get`` that returns how many leading pages it read.
+
+        Such an answer says nothing about the pages after the first miss, so the rest of the
+        batch is asked again from the page after the gap; a miss costs one more call.
+        """
+        sizes = list(target_sizes) if target_sizes is not None else None
+        out: list[torch.Tensor | None] = []
+        start, count = 0, first
+        while True:
+            n = max(0, min(int(count), len(keys) - start))
+            out.extend(locs[start : start + n])
+            start += n
+            if start >= len(keys):
+                return out
+            out.append(None)  # the page that stopped the count
+            start += 1
+            if start >= len(keys):
+                return out
+            count = fn(keys[start:], locs[start:], sizes[start:] if sizes is not None else None)
+            if not isinstance(count, int) or isinstance(count, bool):
+                out.extend([None] * (len(keys) - start))
+                return out
+
     def batch_set(self, keys: list[str], values: Any | None = None, target_locations: Any | None = None, target_sizes: Any | None = None) -> bool:
+        if not keys:
+            return True
         fn = getattr(self.inner, "batch_set", None)
         if not callable(fn):
             return super().batch_set(keys, values, target_locations, target_sizes)
         return bool(fn(keys, values, target_locations, target_sizes))
 
     def batch_exists(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> int:
+        if not keys:
+            return 0
         fn = getattr(self.inner, "batch_exists", None)
         if not callable(fn):
             return super().batch_exists(keys, extra_info)
@@ -177,6 +207,8 @@ class DuckTypedBackend(HiCacheStorage):
 
     # zero-copy v1 -------------------------------------------------------------
     def batch_get_v1(self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
+        if not keys:
+            return []
         if self._native_v1:
             result = self.inner.batch_get_v1(keys, host_indices, extra_info)
             checked = self._check_v1("batch_get_v1", result, len(keys))
@@ -185,6 +217,8 @@ class DuckTypedBackend(HiCacheStorage):
         return super().batch_get_v1(keys, host_indices, extra_info)
 
     def batch_set_v1(self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
+        if not keys:
+            return []
         if self._native_v1:
             result = self.inner.batch_set_v1(keys, host_indices, extra_info)
             checked = self._check_v1("batch_set_v1", result, len(keys))
