@@ -99,8 +99,12 @@ class StorageConformanceTests:
     ) -> Callable[..., tuple[HiCacheStorage, HostKVPool]]:
         """Open a backend and register a fresh host pool with it."""
 
-        def _connect(layout: str = "page_first", is_mla: bool = False) -> tuple[HiCacheStorage, HostKVPool]:
-            config = replace(storage_config, is_mla_model=is_mla, is_page_first_layout=layout != "layer_first")
+        def _connect(
+            layout: str = "page_first", is_mla: bool = False, **overrides: Any
+        ) -> tuple[HiCacheStorage, HostKVPool]:
+            config = replace(
+                storage_config, is_mla_model=is_mla, is_page_first_layout=layout != "layer_first", **overrides
+            )
             backend = open_backend(config)
             opened.append(backend)
             pool = make_pool(layout, is_mla)
@@ -271,6 +275,24 @@ class StorageConformanceTests:
         assert dest is not None
         assert backend.batch_get_v1(ks, dest) == [True] * 4
         assert self._read(pool, dest) == expected
+
+    def test_mla_ranks_share_one_copy(self, connect: Callable[..., tuple[HiCacheStorage, HostKVPool]], keys: Callable[[int], list[str]]) -> None:
+        """MLA ranks hold the same KV: rank 0 writes, every rank reads rank 0's pages."""
+        probe, _ = connect()
+        caps = probe.capabilities
+        if not caps.mla:
+            pytest.skip("backend declares no MLA support (capabilities.mla is False)")
+        if not (caps.persistent or caps.shared):
+            pytest.skip("two backend instances share no pages (neither persistent nor shared)")
+        writer, wpool = connect("page_first", True, tp_rank=0, tp_size=2)
+        reader, rpool = connect("page_first", True, tp_rank=1, tp_size=2)
+        ks = keys(3)
+        idx, expected = self._fill(wpool, 3, seed=140)
+        assert writer.batch_set_v1(ks, idx) == [True] * 3
+        dest = rpool.alloc(3 * rpool.page_size)
+        assert dest is not None
+        assert reader.batch_get_v1(ks, dest) == [True] * 3
+        assert self._read(rpool, dest) == expected
 
     # ------------------------------------------------------------------ concurrency
     def test_concurrent_threads(self, backend_and_pool: tuple[HiCacheStorage, HostKVPool], keys: Callable[[int], list[str]]) -> None:
