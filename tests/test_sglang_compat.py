@@ -396,7 +396,7 @@ def test_base_v1_none_is_never_returned(tmp_path: Path, caplog: pytest.LogCaptur
 
 def test_zero_copy_style_refuses_layer_first_as_layout_error(tmp_path: Path) -> None:
     pool = HostKVPool(size=64, page_size=4, layer_num=1, head_num=1, head_dim=4, layout="layer_first")
-    with pytest.raises(LayoutError, match="refused host pool layout 'layer_first'.*page_first"):
+    with pytest.raises(LayoutError, match=r"refused host pool layout 'layer_first'.*page_first"):
         create_backend("dynamic", dynamic_config(ZERO_COPY, tmp_path), mem_pool_host=pool)
 
 

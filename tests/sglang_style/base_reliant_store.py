@@ -1,3 +1,4 @@
+# ruff: noqa: UP006, UP035, UP045  (typing.List/Optional, as SGLang's sources write them)
 """A backend that leans on SGLang's ``HiCacheStorage`` base class (sglang 0.5.x), for SGLang.
 
 It imports SGLang's base, config and extra-info classes, sets its attributes and then calls

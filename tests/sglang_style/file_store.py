@@ -1,3 +1,4 @@
+# ruff: noqa: UP006, UP024, UP035, UP045  (typing.List/Optional and IOError, as SGLang's sources write them)
 """A file backend in the manner of SGLang's ``HiCacheFile`` (sglang 0.5.x), written for SGLang.
 
 One file per page, named ``{hash}{suffix}.bin`` with SGLang's ``_{model}_{tp_rank}_{tp_size}``

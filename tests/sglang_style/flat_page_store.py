@@ -1,3 +1,4 @@
+# ruff: noqa: UP006, UP035, UP045  (typing.List/Optional, as SGLang's sources write them)
 """A zero-copy-API backend built on the host pool's flat-page methods, in SQLite, for SGLang.
 
 In the manner of SGLang's HF3FS and AIBrix backends: typed against SGLang's ``HostKVCache``,

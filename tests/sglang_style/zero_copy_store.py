@@ -1,3 +1,4 @@
+# ruff: noqa: UP006, UP035, UP045  (typing.List/Optional, as SGLang's sources write them)
 """A zero-copy backend in the manner of SGLang's Mooncake store (sglang 0.5.x), for SGLang.
 
 A plain class (no base class, no hicache import) constructed as SGLang's dynamic loader does,
