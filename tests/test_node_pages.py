@@ -83,7 +83,7 @@ def test_token_requests_leave_the_partial_page_unhashed() -> None:
 
 
 @pytest.mark.parametrize(("call", "match"), [
-    (lambda: request_from_block_ids([1, 2], 2000, 64), "input_length 2000"),
+    (lambda: request_from_block_ids([1, 2], -1, 64), "input_length -1"),
     (lambda: request_from_block_ids([1, 2], 100, 96), "does not divide"),
     (lambda: request_from_block_ids([1, -2], 100, 64), "non-negative"),
     (lambda: request_from_token_ids([1, -5], 16), r"\[0, 2\*\*32\)"),

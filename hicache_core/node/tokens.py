@@ -20,11 +20,18 @@ MOONCAKE_BLOCK_TOKENS = 512
 def block_token_ids(block_id: int, block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> np.ndarray:
     """The token ids that stand for Mooncake block ``block_id`` (uint32, ``block_tokens`` long).
 
-    Distinct ids give disjoint token ranges (for ids below 2**32 / block_tokens), so two
-    different blocks never hash alike.
+    Ids below ``2**32 // block_tokens`` (every id of the published Mooncake traces) get
+    disjoint token ranges, so two different blocks never hash alike. Larger ids (hashed ids,
+    64-bit ids) would wrap onto those ranges, so their tokens are drawn from a generator seeded
+    with the whole id instead: two ids then share a page only with a chance of about 2**-32
+    per token of the page.
     """
-    base = (int(block_id) * block_tokens) & 0xFFFFFFFF
-    return ((np.arange(block_tokens, dtype=np.uint64) + base) & 0xFFFFFFFF).astype("<u4")
+    block_id = int(block_id)
+    if 0 <= block_id < (1 << 32) // block_tokens:
+        base = block_id * block_tokens
+        return (np.arange(block_tokens, dtype=np.uint64) + base).astype("<u4")
+    seed = int.from_bytes(hashlib.sha256(f"hicache-block:{block_id}".encode()).digest(), "little")
+    return np.random.Generator(np.random.PCG64(seed)).integers(0, 1 << 32, block_tokens, dtype=np.uint32).astype("<u4")
 
 
 def tokens_from_blocks(hash_ids: Sequence[int], block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> np.ndarray:
@@ -81,7 +88,11 @@ def request_from_block_ids(
     hash_ids: Sequence[int], input_length: int | None, page_size: int, rid: str = "",
     block_tokens: int = MOONCAKE_BLOCK_TOKENS,
 ) -> CacheRequest:
-    """A Mooncake-style request: every block is cached whole, hits are capped at ``input_length``."""
+    """A Mooncake-style request: every block is cached whole, hits are capped at ``input_length``.
+
+    An ``input_length`` beyond the blocks is kept: the tokens past the last block have no block
+    id, so they are input that never hits (as the trace's own figure counts them).
+    """
     if block_tokens % page_size:
         raise ValueError(
             f"page size {page_size} does not divide the trace's block of {block_tokens} tokens; "
@@ -92,10 +103,7 @@ def request_from_block_ids(
     total = len(hash_ids) * block_tokens
     if input_length is None:
         input_length = total
-    if input_length < 0 or input_length > total:
-        raise ValueError(
-            f"input_length {input_length} must be between 0 and {total} "
-            f"({len(hash_ids)} blocks of {block_tokens} tokens)"
-        )
+    if input_length < 0:
+        raise ValueError(f"input_length {input_length} must not be negative")
     hashes = page_hashes_fast(tokens_from_blocks(hash_ids, block_tokens), page_size)
     return CacheRequest(tuple(hashes), int(input_length), page_size, rid)
