@@ -23,6 +23,11 @@ def register(sub: Any) -> None:
     pace.add_argument("--speed", type=float, default=None,
                       help="follow the trace's timestamps, F times faster (e.g. 10)")
     pace.add_argument("--as-fast-as-possible", action="store_true", help="ignore timestamps (the default)")
+    p.add_argument("--timestamp-unit", choices=("ms", "s", "us"), default="ms",
+                   help="unit of the trace's timestamps (Mooncake traces: ms, the default); only --speed uses them")
+    p.add_argument("--max-gap", type=float, default=None, metavar="SECONDS",
+                   help="with --speed: wait at most this long between two requests; longer idle gaps are cut "
+                        "and later requests keep their spacing")
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight (default 1)")
     p.add_argument("--json", action="store_true", help="print one JSON summary object on stdout")
     p.add_argument("--plot", default=None, help="write hit ratio per tier over trace time to this PNG")
@@ -46,14 +51,23 @@ def run(args: argparse.Namespace) -> int:
     from hicache_core.spec.errors import HiCacheError
 
     err = Console(stderr=True)
+    if (args.speed is not None and args.speed <= 0) or (args.max_gap is not None and args.max_gap < 0):
+        err.print("[red]--speed must be positive and --max-gap must not be negative[/]")
+        return 2
     try:
-        requests = load_trace(args.trace or sample_trace_path(), args.limit)
+        requests = load_trace(args.trace or sample_trace_path(), args.limit, args.timestamp_unit)
     except (OSError, ValueError) as exc:
         err.print(f"[red]{exc}[/]")
         return 2
     if not requests:
         err.print("[red]the trace holds no requests[/]")
         return 2
+    if args.speed:
+        stamps = [r.timestamp_ms for r in requests]
+        hours = (max(stamps) - min(stamps)) / 1000.0 / args.speed / 3600.0
+        if hours > 1.0 and args.max_gap is None:
+            err.print(f"[yellow]paced replay will take up to {hours:.1f} h at --speed {args.speed:g}; if the "
+                      "timestamps are not in ms give --timestamp-unit, or cut idle gaps with --max-gap[/]", soft_wrap=True)
     target: Target
     if args.url:
         http = HttpTarget(args.url, api_key=args.api_key)
@@ -79,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
         target = LocalTarget(node)
     try:
-        result = replay(target, requests, speed=args.speed, concurrency=args.concurrency,
+        result = replay(target, requests, speed=args.speed, concurrency=args.concurrency, max_gap_s=args.max_gap,
                         progress=not args.no_progress and not args.json)
     finally:
         target.close()

@@ -48,8 +48,9 @@ def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int = BLOCK_TOK
     first = last = None
     for req in requests:
         count += 1
-        first = req.timestamp_ms if first is None else first
-        last = req.timestamp_ms
+        # The span is min to max: a trace's lines need not be in time order.
+        first = req.timestamp_ms if first is None else min(first, req.timestamp_ms)
+        last = req.timestamp_ms if last is None else max(last, req.timestamp_ms)
         parent, hits, hitting = 0, 0, True
         for block in req.hash_ids:
             key = (parent, block)

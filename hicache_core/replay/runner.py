@@ -1,7 +1,11 @@
 """Replaying a trace: pacing, concurrency, progress, per-request records and the summary.
 
 Requests are dispatched in trace order, either as fast as the node answers or at the
-trace's own pace divided by ``speed``, with at most ``concurrency`` in flight. ``actions``
+trace's own pace divided by ``speed``, with at most ``concurrency`` in flight. Paced
+requests still go in file order: one whose timestamp is earlier than its predecessor's goes at
+once. ``max_gap_s`` bounds any single wait; the trace time it cuts out is cut from every later
+request too, so they keep their spacing (a trace with hours of idle time, or timestamps in a
+finer unit than ms, still ends). ``actions``
 run between dispatches (the attach/detach scenario: the replay keeps going around them),
 and every record carries the ``phase`` label in force when it was dispatched.
 """
@@ -119,12 +123,15 @@ def replay(
     phase: str = "replay",
     progress: bool = True,
     description: str = "replaying",
+    max_gap_s: float | None = None,
 ) -> ReplayResult:
     """Send ``requests`` to ``target``; see the module docstring. Never raises for a failed request."""
     if concurrency < 1:
         raise ValueError("--concurrency must be at least 1")
     if speed is not None and speed <= 0:
         raise ValueError("--speed must be positive")
+    if max_gap_s is not None and max_gap_s < 0:
+        raise ValueError("--max-gap must not be negative")
     actions = dict(actions or {})
     records: list[RequestRecord | None] = [None] * len(requests)
     events: list[dict[str, Any]] = []
@@ -133,6 +140,7 @@ def replay(
     first_ts = requests[0].timestamp_ms if requests else 0.0
     current_phase = phase
     t0 = time.perf_counter()
+    cut = 0.0  # wall seconds of idle trace time cut out by max_gap_s so far
 
     def run_one(pos: int, req: TraceRequest, label: str) -> None:
         start = time.perf_counter()
@@ -188,8 +196,11 @@ def replay(
                 if label:
                     current_phase = label
             if speed is not None:
-                due = t0 + (req.timestamp_ms - first_ts) / 1000.0 / speed
+                due = t0 - cut + (req.timestamp_ms - first_ts) / 1000.0 / speed
                 delay = due - time.perf_counter()
+                if max_gap_s is not None and delay > max_gap_s:
+                    cut += delay - max_gap_s
+                    delay = max_gap_s
                 if delay > 0:
                     time.sleep(delay)
             slots.acquire()

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -31,31 +32,72 @@ def sample_trace_path() -> Path:
     return Path(str(resources.files("hicache_core").joinpath("data", SAMPLE_NAME)))
 
 
-def load_trace(path: str | Path, limit: int | None = None) -> list[TraceRequest]:
-    """Read a Mooncake trace; ``limit`` keeps the first N requests. Bad lines name their number."""
+#: ``--timestamp-unit``: what one unit of a trace's ``timestamp`` is, in milliseconds.
+TIMESTAMP_UNITS: dict[str, float] = {"ms": 1.0, "s": 1000.0, "us": 0.001}
+
+_FIELDS_HINT = ('each line is a JSON object with "hash_ids" (a list of non-negative integer block ids) and '
+                'optionally "input_length", "timestamp" (ms), "output_length"; other fields are ignored')
+
+
+def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str = "ms") -> list[TraceRequest]:
+    """Read a Mooncake trace; ``limit`` keeps the first N requests.
+
+    Lenient where the meaning is clear, strict where it is not: blank lines and unknown fields
+    are skipped; a missing ``timestamp`` or ``output_length`` is 0; a missing ``input_length``
+    is every block full; an ``input_length`` that does not match the block count is kept as is
+    (the trace's figure caps hits at it, and tokens past the last block never hit). Anything
+    else malformed stops the load with an error naming ``file:line`` and the field.
+    ``timestamp_unit`` (``ms``, ``s`` or ``us``) converts the timestamps to milliseconds.
+    """
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"trace {p} does not exist; give a Mooncake-format .jsonl file "
                                 f"(the bundled sample is {sample_trace_path()})")
+    if timestamp_unit not in TIMESTAMP_UNITS:
+        raise ValueError(f"timestamp unit {timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
+    scale = TIMESTAMP_UNITS[timestamp_unit]
     out: list[TraceRequest] = []
-    with p.open() as fh:
+    # utf-8-sig: a byte-order mark (some editors and Windows tools write one) is not JSON.
+    with p.open(encoding="utf-8-sig") as fh:
         for lineno, line in enumerate(fh, 1):
             if limit is not None and len(out) >= limit:
                 break
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-                ids = tuple(int(b) for b in row["hash_ids"])
-                req = TraceRequest(len(out), float(row.get("timestamp", 0)), int(row["input_length"]),
-                                   int(row.get("output_length", 0)), ids)
-            except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(
-                    f"{p}:{lineno}: not a Mooncake trace line ({type(exc).__name__}: {exc}); each line needs "
-                    '"input_length" and "hash_ids" (and optionally "timestamp", "output_length")'
-                ) from None
-            if req.input_length > len(ids) * 512 or req.input_length < 0:
-                raise ValueError(f"{p}:{lineno}: input_length {req.input_length} does not fit "
-                                 f"{len(ids)} blocks of 512 tokens")
-            out.append(req)
+                out.append(_parse_row(json.loads(line), len(out), scale))
+            except (ValueError, KeyError, TypeError, OverflowError) as exc:
+                raise ValueError(f"{p}:{lineno}: not a Mooncake trace line ({exc}); {_FIELDS_HINT}") from None
     return out
+
+
+def _parse_row(row: object, index: int, ms_per_unit: float) -> TraceRequest:
+    if not isinstance(row, dict):
+        raise ValueError(f"a JSON {type(row).__name__}, not an object")
+    if "hash_ids" not in row:
+        raise ValueError('no "hash_ids"')
+    raw_ids = row["hash_ids"]
+    if not isinstance(raw_ids, list):
+        raise ValueError(f'"hash_ids" is a {type(raw_ids).__name__}, not a list')
+    ids = tuple(_count(b, "hash_ids") for b in raw_ids)
+    input_length = row.get("input_length")
+    length = len(ids) * 512 if input_length is None else _count(input_length, "input_length")
+    output = row.get("output_length")
+    stamp = row.get("timestamp")
+    ts = 0.0 if stamp is None else _number(stamp, "timestamp") * ms_per_unit
+    return TraceRequest(index, ts, length, 0 if output is None else _count(output, "output_length"), ids)
+
+
+def _count(value: object, name: str) -> int:
+    """A non-negative integer (``3.0`` is 3; ``3.5``, ``true``, ``"3"`` and ``-1`` are errors)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f'"{name}" holds {value!r}, not a non-negative integer')
+    return value
+
+
+def _number(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f'"{name}" holds {value!r}, not a finite number')
+    return float(value)
