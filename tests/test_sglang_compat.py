@@ -379,6 +379,31 @@ def test_style_backend_loads_through_dynamic(style: Style, tmp_path: Path) -> No
     assert [float(got[i][0]) for i in (0, 2, 3)] == [1.0, 3.0, 2.0]
 
 
+@pytest.mark.parametrize("style", STYLES, ids=lambda s: s.module)
+def test_style_backend_pages_survive_reopen(style: Style, tmp_path: Path) -> None:
+    """What the conformance kit cannot see (SGLang backends declare no capabilities): the
+    stores are persistent, so a second instance on the same config reads the first one's pages."""
+    def open_one() -> tuple[HiCacheStorage, HostKVPool]:
+        pool = HostKVPool(size=64, page_size=4, layer_num=2, head_num=2, head_dim=4)
+        return create_backend("dynamic", dynamic_config(style, tmp_path), mem_pool_host=pool), pool
+
+    first, pool = open_one()
+    idx = pool.alloc(8)
+    assert idx is not None
+    for i, p in enumerate(pool.indices_to_pages(idx)):
+        pool.write_page(p, torch.full((pool.page_bytes // 2,), float(i + 5), dtype=torch.bfloat16))
+    keys = [get_hash_str([7]), get_hash_str([8], get_hash_str([7]))]
+    assert first.batch_set_v1(keys, idx) == [True, True]
+    first.close()
+    second, pool2 = open_one()
+    assert second.batch_exists(keys) == 2
+    dest = pool2.alloc(8)
+    assert dest is not None
+    assert second.batch_get_v1(keys, dest) == [True, True]
+    assert [float(pool2.read_page(p)[0]) for p in pool2.indices_to_pages(dest)] == [5.0, 6.0]
+    second.close()
+
+
 def test_base_v1_none_is_never_returned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """interface_v1=1 on a class whose v1 methods are SGLang's base's: lists, logged once."""
     pool = HostKVPool(size=64, page_size=4, layer_num=1, head_num=1, head_dim=4)
@@ -518,23 +543,54 @@ def test_node_serves_style_backend_across_a_restart(style: Style, layout: str, m
             n.stop()
 
 
-def test_admin_api_answers_as_sglang(tmp_path: Path) -> None:
-    """Status codes and field names a script written against SGLang depends on."""
-    with NodeProcess(["--admin-api-key", KEY, "--page-size", "64", "--device-capacity-tokens", "4096"],
-                     log_path=tmp_path / "n.log", env=child_env()) as node:
+def test_sglang_attach_detach_sequence(tmp_path: Path) -> None:
+    """SGLang's own runtime attach/detach check, step by step, against a hicache node.
+
+    The ``file`` backend takes its directory from SGLang's environment variable; the extra
+    config holds only SGLang's prefetch knobs (one of them, ``hicache_storage_pass_prefix_keys``,
+    unknown to hicache); status codes and the GET fields are what SGLang's check looks at.
+    """
+    env = {**child_env(), "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR": str(tmp_path / "l3")}
+    extra = {"hicache_storage_pass_prefix_keys": True, "prefetch_threshold": 256,
+             "prefetch_timeout_base": 3, "prefetch_timeout_per_ki_token": 0.01}
+
+    def attach(url: str, backend: str, prefetch: str = "timeout", write: str = "write_through",
+               headers: dict[str, str] | None = None) -> httpx.Response:
+        body = {"hicache_storage_backend": backend, "hicache_storage_backend_extra_config_json": json.dumps(extra),
+                "hicache_storage_prefetch_policy": prefetch, "hicache_write_policy": write}
+        return httpx.put(url + "/hicache/storage-backend", json=body, headers=headers or {}, timeout=60)
+
+    flags = ["--page-size", "64", "--device-capacity-tokens", "4096"]
+    with NodeProcess(flags, log_path=tmp_path / "keyless.log", env=env) as keyless:
+        assert httpx.get(keyless.url + "/hicache/storage-backend").status_code == 400
+        assert attach(keyless.url, "file").status_code == 400
+        assert httpx.delete(keyless.url + "/hicache/storage-backend").status_code == 400
+    with NodeProcess([*flags, "--admin-api-key", KEY], log_path=tmp_path / "n.log", env=env) as node:
         url = node.url + "/hicache/storage-backend"
-        unauth = httpx.put(url, json={"hicache_storage_backend": "dynamic"}, headers=_auth("wrong"))
+        unauth = httpx.get(url)
         assert unauth.status_code == 401 and unauth.json() == {"error": "Unauthorized"}
-        view = httpx.get(url, headers=_auth())
-        assert view.status_code == 200
-        assert {"hicache_storage_backend", "hicache_storage_backend_extra_config",
-                "hicache_storage_prefetch_policy", "hicache_write_policy"} <= set(view.json())
+        assert httpx.get(url, headers=_auth()).json()["hicache_storage_backend"] is None
+        assert attach(node.url, "file").status_code == 401
+        first = attach(node.url, "file", "timeout", "write_back", _auth())
+        assert first.status_code == 200, first.text
+        view = httpx.get(url, headers=_auth()).json()
+        assert view["hicache_storage_backend"] == "file"
+        assert view["hicache_storage_backend_extra_config"] == json.dumps(extra)
+        assert (view["hicache_storage_prefetch_policy"], view["hicache_write_policy"]) == ("timeout", "write_back")
+        again = attach(node.url, "file", "wait_complete", "write_through_selective", _auth())
+        assert again.status_code == 200, "same backend again: SGLang updates the policies"
+        view = httpx.get(url, headers=_auth()).json()
+        assert (view["hicache_storage_prefetch_policy"], view["hicache_write_policy"]) == (
+            "wait_complete", "write_through_selective")
+        assert attach(node.url, "mooncake", headers=_auth()).status_code != 200, "another backend: detach first"
+        for _ in range(2):  # detach, then detach again (idempotent)
+            assert httpx.delete(url, headers=_auth(), timeout=60).status_code == 200
+            assert httpx.get(url, headers=_auth()).json()["hicache_storage_backend"] is None
         bad = httpx.put(url, json={"hicache_storage_backend": "dynamic",
                                    "hicache_storage_backend_extra_config_json": json.dumps({"backend_name": "x"})},
-                        headers=_auth())
-        assert bad.status_code == 400 and set(bad.json()) == {"success", "message"}
-        assert bad.json()["success"] is False and "module_path" in bad.json()["message"]
-        ok = _attach(node.url, FILE, tmp_path)
-        assert ok.status_code == 200 and ok.json()["success"] is True
-        off = httpx.delete(url, headers=_auth())
-        assert off.status_code == 200 and set(off.json()) == {"success", "message"}
+                        headers=_auth(), timeout=60)
+        assert bad.status_code == 400 and "module_path" in bad.text
+        assert attach(node.url, "file", headers=_auth()).status_code == 200
+        assert httpx.get(url, headers=_auth()).json()["hicache_storage_backend"] == "file"
+        assert httpx.delete(url, headers=_auth(), timeout=60).status_code == 200
+    assert (tmp_path / "l3").is_dir(), "the file backend used SGLang's directory variable"
