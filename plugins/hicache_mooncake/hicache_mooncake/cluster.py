@@ -18,19 +18,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-LOOPBACK = "127.0.0.1"
+from hicache_core.testing.processes import LOOPBACK, ServiceError, ServiceProcess, free_port, http_ready
+
+__all__ = ["CLIENT_ENV", "ClusterError", "LOOPBACK", "LocalMooncakeCluster", "find_tool", "free_port"]
+
 #: Environment every Mooncake process and client of a local cluster runs with.
 CLIENT_ENV: dict[str, str] = {
     "MC_TCP_BIND_ADDRESS": LOOPBACK,
@@ -39,15 +40,8 @@ CLIENT_ENV: dict[str, str] = {
 }
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ServiceError):
     """A local Mooncake process did not start or become healthy; the message has its log tail."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOOPBACK, 0))
-        return int(s.getsockname()[1])
 
 
 def find_tool(name: str) -> str:
@@ -62,28 +56,6 @@ def find_tool(name: str) -> str:
             "pip install mooncake-transfer-engine-non-cuda"
         )
     return found
-
-
-@dataclass
-class _Proc:
-    name: str
-    argv: list[str]
-    log_path: Path
-    popen: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.popen.pid if self.popen is not None else None
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(text[-lines:])
 
 
 @dataclass
@@ -106,7 +78,7 @@ class LocalMooncakeCluster:
     rpc_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     metadata_port: int = field(default_factory=free_port)
-    _procs: dict[str, _Proc] = field(default_factory=dict, repr=False)
+    _procs: dict[str, ServiceProcess] = field(default_factory=dict, repr=False)
     _own_workdir: bool = field(default=False, repr=False)
 
     # ------------------------------------------------------------------ addresses
@@ -167,7 +139,7 @@ class LocalMooncakeCluster:
             find_tool("mooncake_http_metadata_server"), "--host", LOOPBACK,
             "--port", str(self.metadata_port), "--log-level", "ERROR",
         ])
-        self._wait(lambda: self._http_answers(f"http://{LOOPBACK}:{self.metadata_port}/metadata?key=probe"),
+        self._wait(http_ready(f"http://{LOOPBACK}:{self.metadata_port}/metadata?key=probe", need_ok=False),
                    "metadata", "its HTTP port to answer")
 
     def start_master(self) -> None:
@@ -181,7 +153,7 @@ class LocalMooncakeCluster:
             f"--eviction_high_watermark_ratio={self.eviction_high_watermark}",
             f"--client_ttl={self.client_ttl_s}",
         ])
-        self._wait(lambda: self._http_answers(self.health_url, need_ok=True), "master", f"{self.health_url} to answer")
+        self._wait(http_ready(self.health_url), "master", f"{self.health_url} to answer")
 
     def start_storage_node(self, index: int = 0) -> None:
         """Start storage node ``index`` and wait until the master counts its memory."""
@@ -210,20 +182,8 @@ class LocalMooncakeCluster:
 
     def stop_process(self, name: str, sig: int = signal.SIGTERM) -> None:
         proc = self._procs.get(name)
-        if proc is None or proc.popen is None:
-            return
-        p = proc.popen
-        if p.poll() is None:
-            try:
-                os.kill(p.pid, sig)
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                os.kill(p.pid, signal.SIGKILL)
-                p.wait(timeout=5)
-            except ProcessLookupError:
-                pass
-        else:
-            p.wait()
+        if proc is not None:
+            proc.stop(sig, timeout_s=5)
 
     def kill(self, name: str) -> None:
         """``kill -9`` one process ("master", "metadata", "storage0", ...) and reap it."""
@@ -245,39 +205,18 @@ class LocalMooncakeCluster:
                     return 0
         return 0
 
-    @staticmethod
-    def _http_answers(url: str, need_ok: bool = False) -> bool:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                return bool(r.status == 200)
-        except urllib.error.HTTPError as exc:  # an answer, even a 404, means it is up
-            return not need_ok and exc.code < 500
-        except OSError:
-            return False
-
     # ------------------------------------------------------------------ plumbing
     def _spawn(self, name: str, argv: list[str]) -> None:
         old = self._procs.get(name)
         if old is not None and old.alive():
             raise ClusterError(f"{name} is already running (pid {old.pid})")
         assert self.workdir is not None
-        log_path = self.workdir / f"{name}.log"
-        env = {**os.environ, **CLIENT_ENV}
-        with open(log_path, "ab") as log:
-            popen = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.workdir, env=env, start_new_session=True,
-            )
-        self._procs[name] = _Proc(name, argv, log_path, popen)
+        proc = ServiceProcess(argv, name=name, log_path=self.workdir / f"{name}.log", env={**os.environ, **CLIENT_ENV},
+                              cwd=self.workdir, new_session=True)
+        self._procs[name] = proc.spawn()
 
-    def _wait(self, ready: Any, name: str, what: str, timeout_s: float | None = None) -> None:
-        deadline = time.monotonic() + (timeout_s or self.start_timeout_s)
-        proc = self._procs[name]
-        while time.monotonic() < deadline:
-            if ready():
-                return
-            if not proc.alive():
-                raise ClusterError(f"{name} exited (code {proc.popen.poll() if proc.popen else '?'}) "
-                                   f"before {what}; log:\n{proc.log_tail()}")
-            time.sleep(0.05)
-        raise ClusterError(f"{name} (pid {proc.pid}) did not become ready ({what}) in time; log:\n{proc.log_tail()}")
+    def _wait(self, ready: Callable[[], bool], name: str, what: str, timeout_s: float | None = None) -> None:
+        try:
+            self._procs[name].wait_for(ready, what, timeout_s or self.start_timeout_s)
+        except ServiceError as exc:
+            raise ClusterError(str(exc)) from None

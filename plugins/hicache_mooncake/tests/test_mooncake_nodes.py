@@ -14,10 +14,6 @@ verification errors means no wrong or stale bytes were served).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
-from hicache_mooncake.cluster import CLIENT_ENV, LocalMooncakeCluster, free_port
+from hicache_mooncake.cluster import CLIENT_ENV, LocalMooncakeCluster
 
-pytest.importorskip("hicache_core.node.server", reason="the reference node (hicache serve) is not in this hicache-core")
+node_server = pytest.importorskip(
+    "hicache_core.node.server", reason="the reference node (hicache serve) is not in this hicache-core"
+)
 
 SLICE = 40
 BLOCK = 512  # tokens per trace block
@@ -40,36 +38,18 @@ def _trace_slice() -> list[dict[str, Any]]:
         return [json.loads(line) for _, line in zip(range(SLICE), fh)]
 
 
-class ServeProcess:
-    """One ``hicache serve`` on 127.0.0.1, started with the mooncake backend attached."""
+class ServeProcess(node_server.NodeProcess):  # type: ignore[misc]
+    """One ``hicache serve`` on 127.0.0.1 with the mooncake backend attached, spawned (not yet ready)."""
 
     def __init__(self, name: str, extra_config: dict[str, Any], workdir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = workdir / f"{name}.log"
-        argv = [
-            sys.executable, "-m", "hicache_core.cli.main", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+        super().__init__([
             "--model-preset", "tiny", "--page-size", "64",
             "--hicache-storage-backend", "mooncake",
             "--hicache-storage-backend-extra-config", json.dumps(extra_config),
             "--hicache-write-policy", "write_through",
-        ]
-        with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **CLIENT_ENV}, start_new_session=True)
-
-    def wait_healthy(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"hicache serve exited {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"hicache serve not healthy in {timeout_s} s:\n{self.log_path.read_text()[-3000:]}")
+        ], log_path=workdir / f"{name}.log", env=CLIENT_ENV)
+        self.new_session = True
+        self.spawn()  # both nodes start at once; the fixtures wait for each with wait_ready
 
     def generate(self, req: dict[str, Any], rid: str) -> dict[str, Any]:
         body = {"hash_ids": req["hash_ids"], "input_length": req["input_length"], "rid": rid}
@@ -91,15 +71,6 @@ class ServeProcess:
             time.sleep(0.2)
         raise AssertionError("node A's backups to Mooncake did not finish")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=5)
-
 
 @pytest.fixture
 def two_nodes(mooncake_cluster: LocalMooncakeCluster, tmp_path: Path) -> Iterator[tuple[ServeProcess, ServeProcess]]:
@@ -107,7 +78,7 @@ def two_nodes(mooncake_cluster: LocalMooncakeCluster, tmp_path: Path) -> Iterato
     nodes = [ServeProcess("node_a", extra, tmp_path), ServeProcess("node_b", extra, tmp_path)]
     try:
         for n in nodes:
-            n.wait_healthy()
+            n.wait_ready(60)
         yield nodes[0], nodes[1]
     finally:
         for n in nodes:
@@ -167,7 +138,7 @@ def test_master_killed_under_a_node(private_cluster: LocalMooncakeCluster, tmp_p
     a = ServeProcess("node_a", extra, tmp_path)
     c: ServeProcess | None = None
     try:
-        a.wait_healthy()
+        a.wait_ready(60)
         before = reqs[:6]
         for i, r in enumerate(before):
             assert a.generate(r, f"pre{i}")["verify_errors"] == 0
@@ -189,7 +160,7 @@ def test_master_killed_under_a_node(private_cluster: LocalMooncakeCluster, tmp_p
 
         # A fresh node on the restarted cluster: the pre-kill pages are gone, never served stale.
         c = ServeProcess("node_c", extra, tmp_path)
-        c.wait_healthy()
+        c.wait_ready(60)
         follow = [{"hash_ids": [*r["hash_ids"][:-1], 20_000_000 + i], "input_length": len(r["hash_ids"]) * BLOCK}
                   for i, r in enumerate(before) if len(r["hash_ids"]) >= 2]
         c_results = [c.generate(r, f"c{i}") for i, r in enumerate(follow)]
