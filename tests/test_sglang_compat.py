@@ -120,6 +120,9 @@ def test_shim_modules_are_sglang_names_on_hicache_classes(clean_imports: None) -
     assert hs.HiCacheStorageExtraInfo is HiCacheStorageExtraInfo
     assert hs.get_hash_str([1, 2, 3]) == get_hash_str([1, 2, 3])
     assert hs.get_hash_str([4], hs.get_hash_str([1])) == get_hash_str([4], get_hash_str([1]))
+    assert hs.STORAGE_BATCH_SIZE == 128
+    assert hs.hash_str_to_int64("7" + "f" * 63) == (1 << 63) - 1
+    assert hs.hash_str_to_int64("f" * 16 + "0" * 48) == -1
     assert mph.HostKVCache is HostKVPool
     mha = HostKVPool(size=16, page_size=4, layer_num=1, head_num=1, head_dim=4)
     mla = mph.MLATokenToKVPoolHost(size=16, page_size=4, layer_num=1, head_num=1, head_dim=4)
@@ -289,6 +292,8 @@ def test_config_positional_in_sglang_field_order() -> None:
     kw = HiCacheStorageConfig(tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, is_mla_model=True,
                               is_page_first_layout=False, model_name="ds", extra_config={"a": 1})
     assert kw.extra() == {"a": 1} and kw.namespace_suffix() == "_ds"
+    # fields later SGLang releases read, with SGLang's defaults
+    assert (kw.tp_lcm_size, kw.should_split_heads, kw.attn_cp_rank, kw.attn_cp_size) == (None, False, 0, 1)
     info = HiCacheStorageExtraInfo(["h0"], {"x": 1})
     assert info.prefix_keys == ["h0"] and info.extra_info == {"x": 1}
 
@@ -316,6 +321,7 @@ def test_host_pool_answers_sglang_names(layout: str, mla: bool) -> None:
     assert pool.page_num == size // P
     per_token = L * heads * D * it * (1 if mla else 2)
     assert pool.get_size_per_token() == pool.size_per_token == per_token
+    assert pool.get_ksize_per_token() == (per_token if mla else per_token // 2)
     assert pool.kv_buffer.numel() * it == per_token * size
     assert pool.token_stride_size == heads * D * it and pool.layout_dim == heads * D * it * L
     if mla:

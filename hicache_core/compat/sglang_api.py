@@ -31,7 +31,17 @@ from hicache_core.spec.storage import HiCacheStorage as _HiCacheStorageABC
 #: The modules the shim provides, and the names each one exports.
 HICACHE_STORAGE_NAMES: tuple[str, ...] = (
     "HiCacheStorage", "HiCacheStorageConfig", "HiCacheStorageExtraInfo", "get_hash_str",
+    "hash_str_to_int64", "STORAGE_BATCH_SIZE",
 )
+
+#: Pages per batched storage call, as SGLang's controller issues them.
+STORAGE_BATCH_SIZE = 128
+
+
+def hash_str_to_int64(hash_str: str) -> int:
+    """A page hash as a signed 64-bit integer (its first 16 hex digits), as SGLang's events use."""
+    value = int(hash_str[:16], 16)
+    return value - (1 << 64) if value >= (1 << 63) else value
 MEMORY_POOL_HOST_NAMES: tuple[str, ...] = ("HostKVCache", "MHATokenToKVPoolHost", "MLATokenToKVPoolHost")
 
 
@@ -115,6 +125,8 @@ __all__ = [
     "HostKVCache",
     "MHATokenToKVPoolHost",
     "MLATokenToKVPoolHost",
+    "STORAGE_BATCH_SIZE",
     "get_hash_str",
+    "hash_str_to_int64",
     "is_sglang_shaped",
 ]

@@ -168,6 +168,10 @@ class HostKVPool:
             raise AttributeError("an MLA host pool has no v_buffer; use kv_buffer")
         return self.kv_buffer[1]
 
+    def get_ksize_per_token(self) -> int:
+        """Bytes of K one token takes over all layers (the whole latent for MLA; SGLang's name)."""
+        return self.get_size_per_token() // (1 if self.is_mla else 2)
+
     @property
     def page_bytes(self) -> int:
         """Bytes of one page (all of its pieces together)."""

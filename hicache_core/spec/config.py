@@ -25,6 +25,11 @@ class HiCacheStorageConfig:
     #: Backend-specific keys (and the controller's prefetch knobs), as given by the operator.
     extra_config: dict[str, Any] | None = field(default=None)
     dp_rank: int = 0
+    # Fields later SGLang releases added, with their defaults, for backends that read them.
+    tp_lcm_size: int | None = None
+    should_split_heads: bool = False
+    attn_cp_rank: int = 0
+    attn_cp_size: int = 1
 
     def extra(self) -> dict[str, Any]:
         """``extra_config`` as a dict (never None)."""
