@@ -37,6 +37,11 @@ def _mentions_layout(exc: BaseException) -> bool:
     return "layout" in text or "page first" in text
 
 
+def _info(extra_info: HiCacheStorageExtraInfo | None) -> HiCacheStorageExtraInfo:
+    """SGLang always passes an ``extra_info`` object (its fields may be None); never hand None on."""
+    return extra_info if extra_info is not None else HiCacheStorageExtraInfo()
+
+
 def implements(obj: Any, name: str) -> bool:
     """True when ``obj`` has a callable ``name`` of its own, not the ABC's raising default."""
     if not callable(getattr(obj, name, None)):
@@ -193,7 +198,7 @@ class DuckTypedBackend(HiCacheStorage):
         if not callable(fn):
             return super().batch_exists(keys, extra_info)
         try:
-            result = fn(keys, extra_info)
+            result = fn(keys, _info(extra_info))
         except TypeError:  # older signature without extra_info
             result = fn(keys)
         if isinstance(result, list):  # per-key answer: count the leading hits
@@ -210,7 +215,7 @@ class DuckTypedBackend(HiCacheStorage):
         if not keys:
             return []
         if self._native_v1:
-            result = self.inner.batch_get_v1(keys, host_indices, extra_info)
+            result = self.inner.batch_get_v1(keys, host_indices, _info(extra_info))
             checked = self._check_v1("batch_get_v1", result, len(keys))
             if checked is not None:
                 return checked
@@ -220,7 +225,7 @@ class DuckTypedBackend(HiCacheStorage):
         if not keys:
             return []
         if self._native_v1:
-            result = self.inner.batch_set_v1(keys, host_indices, extra_info)
+            result = self.inner.batch_set_v1(keys, host_indices, _info(extra_info))
             checked = self._check_v1("batch_set_v1", result, len(keys))
             if checked is not None:
                 return checked

@@ -6,6 +6,7 @@ it implements ``batch_get_v1``/``batch_set_v1`` with ``mem_pool_host.get_data_pa
 flat=True)``, ``get_dummy_flat_data_page()`` and ``set_from_flat_data_page(index, page)``,
 taking each page's first token index from ``host_indices``. It tells MLA pools from MHA ones
 with ``isinstance(pool, MLATokenToKVPoolHost)``; MLA pages are written by TP rank 0 only.
+It reads ``extra_info.prefix_keys`` without a None check, as SGLang always passes the object.
 Pages live in one SQLite database (``extra_config["db_path"]``), shared by processes.
 """
 
@@ -43,6 +44,7 @@ class FlatPageStore(HiCacheStorage):
             self.db.execute("CREATE TABLE IF NOT EXISTS pages (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
             self.db.commit()
         self.mem_pool_host: Optional[HostKVCache] = None
+        self.prefix_keys_seen = 0
         self.is_mla_pool = False
 
     def register_mem_pool_host(self, mem_pool_host: HostKVCache) -> None:
@@ -71,6 +73,8 @@ class FlatPageStore(HiCacheStorage):
     # -- v1 through flat pages ------------------------------------------------------------
     def batch_set_v1(self, keys: List[str], host_indices: torch.Tensor,
                      extra_info: Optional[HiCacheStorageExtraInfo] = None) -> List[bool]:
+        # SGLang always passes an extra_info object; this backend relies on that.
+        self.prefix_keys_seen += len(extra_info.prefix_keys or [])
         page_size = self.mem_pool_host.page_size
         rows = []
         for i, key in enumerate(keys):
