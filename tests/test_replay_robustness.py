@@ -19,7 +19,8 @@ import pytest
 from _node_helpers import dir_store
 
 from hicache_core.node import Node, NodeConfig
-from hicache_core.replay import LocalTarget, load_trace, prefix_reuse, replay
+from hicache_core.node.server import NodeProcess
+from hicache_core.replay import HttpTarget, LocalTarget, load_trace, prefix_reuse, replay
 from hicache_core.replay.trace import TraceRequest
 
 BLOCK = 512
@@ -228,6 +229,22 @@ def test_a_page_size_that_does_not_divide_the_block_says_so() -> None:
     assert any("does not divide" in e and "--page-size" in e for e in s["errors"])
 
 
+def test_a_node_over_http_gives_the_same_figure(tmp_path: Path) -> None:
+    """Odd ids (above 2**64) and input lengths survive the JSON request body of ``POST /generate``."""
+    reqs = load_trace(EDGE_CASES) + load_trace(write_rows(random_rows(5), tmp_path / "t.jsonl", 5))
+    reqs = [TraceRequest(i, r.timestamp_ms, r.input_length, r.output_length, r.hash_ids) for i, r in enumerate(reqs)]
+    capacity = (prefix_reuse(reqs).distinct_blocks + 1) * BLOCK
+    with NodeProcess(["--page-size", "64", "--device-capacity-tokens", str(capacity)],
+                     log_path=tmp_path / "node.log") as node:
+        target = HttpTarget(node.url)
+        try:
+            s = replay(target, reqs, concurrency=1, progress=False).summary()
+        finally:
+            target.close()
+    assert s["failed_requests"] == 0, s["errors"]
+    assert sum(s["hit_tokens"].values()) == prefix_reuse(reqs).hit_tokens
+
+
 # ---------------------------------------------------------------------------- malformed lines
 GOOD = '{"timestamp": 0, "input_length": 512, "hash_ids": [1]}'
 
@@ -315,6 +332,8 @@ def test_cli_names_the_bad_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and "bad.jsonl:2" in out.stderr and "input_length" in out.stderr
     out = hicache("replay", str(bad), "--speed", "1", "--max-gap", "-1")
     assert out.returncode == 2 and "--max-gap" in out.stderr
+    out = hicache("replay", str(EDGE_CASES), "--page-size", "96")
+    assert out.returncode == 2 and "--page-size 96 does not divide" in out.stderr
 
 
 def test_cli_warns_before_a_paced_replay_of_hours(tmp_path: Path) -> None:

@@ -83,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             config = node_config_from_args(args)
+            if config.page_size > 0 and 512 % config.page_size:
+                # Fail before the replay, not once per request: trace blocks are 512 tokens.
+                raise ValueError(f"--page-size {config.page_size} does not divide the trace's block of 512 tokens; "
+                                 "use one that does (e.g. 16, 32, 64, 128, 256, 512)")
             if args.unbounded:
                 blocks = prefix_reuse(requests).distinct_blocks
                 config.device_capacity_tokens = (blocks + 1) * 512
