@@ -13,7 +13,9 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import os
 import sqlite3
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -444,6 +446,27 @@ def test_zero_copy_style_pointer_form(tmp_path: Path) -> None:
     (ptr2,), _ = pool.get_page_buffer_meta(idx[4:])
     assert backend.inner.get("ptrkey", target_location=ptr2, target_sizes=size) is True
     assert torch.equal(pool.read_page(pool.indices_to_pages(idx)[1]), pool.read_page(pool.indices_to_pages(idx)[0]))
+
+
+def test_style_backends_import_nothing_from_hicache() -> None:
+    """They must be what a third party writes from SGLang's contract alone."""
+    import ast
+
+    for style in STYLES:
+        source = (Path(__file__).parent / "sglang_style" / f"{style.module}.py").read_text()
+        for node in ast.walk(ast.parse(source)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.startswith("hicache") for n in names), (style.module, names)
+
+
+def test_hicache_check_cli_on_an_sglang_backend(tmp_path: Path) -> None:
+    """``hicache check dynamic`` is how an author checks a backend written for SGLang."""
+    config = json.dumps(BASE_RELIANT.extra(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "hicache_core.cli.main", "check", "dynamic", "--config", config],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, **child_env()})
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "dynamic conforms" in out.stdout
 
 
 # ---------------------------------------------------------------------- the conformance kit
