@@ -31,19 +31,10 @@ from hicache_core.memory.host_pool import LAYOUTS, HostKVPool
 from hicache_core.plugins.factory import create_backend
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.storage import HiCacheStorage
+from hicache_core.testing.pages import fill_random_pages, random_page, read_page_bytes, tensor_bytes
 from hicache_core.version import CONTRACT_VERSION, parse_contract_version
 
 OpenBackend = Callable[[HiCacheStorageConfig], HiCacheStorage]
-
-
-def _random_page(pool: HostKVPool, seed: int) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    raw = torch.randint(0, 256, (pool.page_bytes,), dtype=torch.uint8, generator=gen)
-    return raw.view(pool.dtype)
-
-
-def _bytes(t: torch.Tensor) -> bytes:
-    return bytes(t.contiguous().view(-1).view(torch.uint8).numpy())
 
 
 class StorageConformanceTests:
@@ -131,19 +122,11 @@ class StorageConformanceTests:
     # ------------------------------------------------------------------ helpers
     @staticmethod
     def _fill(pool: HostKVPool, n: int, seed: int) -> tuple[torch.Tensor, list[bytes]]:
-        idx = pool.alloc(n * pool.page_size)
-        assert idx is not None, "host pool too small for the test"
-        pages = pool.indices_to_pages(idx)
-        expected = []
-        for i, p in enumerate(pages):
-            page = _random_page(pool, seed * 100003 + i)
-            pool.write_page(p, page)
-            expected.append(_bytes(page))
-        return idx, expected
+        return fill_random_pages(pool, n, seed)
 
     @staticmethod
     def _read(pool: HostKVPool, idx: torch.Tensor) -> list[bytes]:
-        return [_bytes(pool.read_page(p)) for p in pool.indices_to_pages(idx)]
+        return read_page_bytes(pool, idx)
 
     # ------------------------------------------------------------------ contract
     def test_declares_contract_version(self, backend_and_pool: tuple[HiCacheStorage, HostKVPool]) -> None:
@@ -162,39 +145,39 @@ class StorageConformanceTests:
     def test_set_get_roundtrip(self, backend_and_pool: tuple[HiCacheStorage, HostKVPool], keys: Callable[[int], list[str]]) -> None:
         backend, pool = backend_and_pool
         (key,) = keys(1)
-        page = _random_page(pool, 1)
+        page = random_page(pool, 1)
         assert backend.set(key, page) is True
         assert backend.exists(key) is True
         got = backend.get(key, pool.get_dummy_flat_data_page())
         assert got is not None
-        assert _bytes(got) == _bytes(page)
+        assert tensor_bytes(got) == tensor_bytes(page)
 
     def test_batch_set_get(self, backend_and_pool: tuple[HiCacheStorage, HostKVPool], keys: Callable[[int], list[str]]) -> None:
         backend, pool = backend_and_pool
         ks = keys(8)
-        pages = [_random_page(pool, 10 + i) for i in range(8)]
+        pages = [random_page(pool, 10 + i) for i in range(8)]
         assert backend.batch_set(ks, pages) is True
         got = backend.batch_get(ks, [pool.get_dummy_flat_data_page() for _ in ks])
         assert isinstance(got, list) and len(got) == 8
-        assert [_bytes(g) for g in got if g is not None] == [_bytes(p) for p in pages]
+        assert [tensor_bytes(g) for g in got if g is not None] == [tensor_bytes(p) for p in pages]
 
     def test_batch_exists_counts_leading_hits(self, backend_and_pool: tuple[HiCacheStorage, HostKVPool], keys: Callable[[int], list[str]]) -> None:
         backend, pool = backend_and_pool
         ks = keys(6)
         for i in (0, 1, 2, 4):
-            assert backend.set(ks[i], _random_page(pool, 20 + i))
+            assert backend.set(ks[i], random_page(pool, 20 + i))
         assert backend.batch_exists(ks) == 3
         assert backend.exists_many(ks) == [True, True, True, False, True, False]
 
     def test_duplicate_set_keeps_a_whole_page(self, backend_and_pool: tuple[HiCacheStorage, HostKVPool], keys: Callable[[int], list[str]]) -> None:
         backend, pool = backend_and_pool
         (key,) = keys(1)
-        first, second = _random_page(pool, 30), _random_page(pool, 31)
+        first, second = random_page(pool, 30), random_page(pool, 31)
         assert backend.set(key, first) is True
         assert backend.set(key, first) is True
         assert backend.set(key, second) is True
         got = backend.get(key, pool.get_dummy_flat_data_page())
-        assert got is not None and _bytes(got) in (_bytes(first), _bytes(second))
+        assert got is not None and tensor_bytes(got) in (tensor_bytes(first), tensor_bytes(second))
 
     def test_empty_batches(self, backend_and_pool: tuple[HiCacheStorage, HostKVPool]) -> None:
         backend, _ = backend_and_pool
@@ -299,7 +282,7 @@ class StorageConformanceTests:
         backend, pool = backend_and_pool
         threads, per_thread = 4, 6
         shared = keys(2)
-        shared_pages = [_random_page(pool, 90 + i) for i in range(2)]
+        shared_pages = [random_page(pool, 90 + i) for i in range(2)]
         errors: list[BaseException] = []
 
         def worker(t: int) -> None:
@@ -325,7 +308,7 @@ class StorageConformanceTests:
         assert not errors, errors[0]
         for k, p in zip(shared, shared_pages):
             got = backend.get(k, pool.get_dummy_flat_data_page())
-            assert got is not None and _bytes(got) == _bytes(p)
+            assert got is not None and tensor_bytes(got) == tensor_bytes(p)
 
     # ------------------------------------------------------------------ capabilities
     def test_persistent_across_reopen(self, backend_and_pool: tuple[HiCacheStorage, HostKVPool], connect: Callable[..., tuple[HiCacheStorage, HostKVPool]], keys: Callable[[int], list[str]]) -> None:
@@ -348,7 +331,7 @@ class StorageConformanceTests:
         if not backend.capabilities.delete:
             pytest.skip("backend does not support delete (capabilities.delete is False)")
         k1, k2 = keys(2)
-        assert backend.set(k1, _random_page(pool, 120)) and backend.set(k2, _random_page(pool, 121))
+        assert backend.set(k1, random_page(pool, 120)) and backend.set(k2, random_page(pool, 121))
         assert backend.delete(k1) is True
         assert backend.exists(k1) is False and backend.exists(k2) is True
         assert backend.delete(k1) is True  # deleting an absent page is not an error
@@ -359,7 +342,7 @@ class StorageConformanceTests:
             pytest.skip("backend does not support clear (capabilities.clear is False)")
         ks = keys(3)
         for i, k in enumerate(ks):
-            assert backend.set(k, _random_page(pool, 130 + i))
+            assert backend.set(k, random_page(pool, 130 + i))
         backend.clear()
         assert backend.exists_many(ks) == [False] * 3
 

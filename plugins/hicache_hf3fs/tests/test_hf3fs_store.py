@@ -21,6 +21,7 @@ from hicache_core.memory.host_pool import HostKVPool
 from hicache_core.plugins.factory import create_backend
 from hicache_core.spec.config import HiCacheStorageExtraInfo
 from hicache_core.spec.errors import BackendConfigError, HiCacheError, LayoutError
+from hicache_core.testing.pages import fill_random_pages, read_page_bytes
 
 SHAPE = {"page_size": 16, "layer_num": 2, "head_num": 2, "head_dim": 8, "dtype": torch.bfloat16}
 
@@ -54,22 +55,6 @@ def open_store(opened: list[Hf3fsStore]) -> Callable[..., tuple[Hf3fsStore, Host
         return backend, pool
 
     return _open
-
-
-def fill(pool: HostKVPool, n: int, seed: int) -> tuple[torch.Tensor, list[bytes]]:
-    idx = pool.alloc(n * pool.page_size)
-    assert idx is not None
-    expected = []
-    for i, page in enumerate(pool.indices_to_pages(idx)):
-        gen = torch.Generator().manual_seed(seed * 1000 + i)
-        raw = torch.randint(0, 256, (pool.page_bytes,), dtype=torch.uint8, generator=gen)
-        pool.write_page(page, raw.view(pool.dtype))
-        expected.append(bytes(raw.numpy()))
-    return idx, expected
-
-
-def read(pool: HostKVPool, idx: torch.Tensor) -> list[bytes]:
-    return [bytes(pool.read_page(p).view(torch.uint8).numpy()) for p in pool.indices_to_pages(idx)]
 
 
 def test_stats_say_plain_file_is_not_3fs(tmp_path: Path, open_store: Callable[..., Any]) -> None:
@@ -112,7 +97,7 @@ def test_file_too_small_for_one_page(tmp_path: Path, opened: list[Hf3fsStore]) -
 
 def test_pages_sit_at_fixed_slot_offsets_of_the_rank_file(tmp_path: Path, open_store: Callable[..., Any]) -> None:
     backend, pool = open_store(config(tmp_path / "kv", tp_rank=1, tp_size=2))
-    idx, expected = fill(pool, 3, seed=1)
+    idx, expected = fill_random_pages(pool, 3, seed=1)
     keys = ["k0", "k1", "k2"]
     assert backend.batch_set_v1(keys, idx) == [True] * 3
     refs = backend.metadata.lookup([k + backend.suffix for k in keys])
@@ -130,15 +115,15 @@ def test_mla_ranks_share_rank0_file_and_only_rank0_writes(
     rank0, pool0 = open_store(config(tmp_path / "kv", 0, 2, True, metadata_server_url=url))
     rank1, pool1 = open_store(config(tmp_path / "kv", 1, 2, True, metadata_server_url=url))
     assert rank0.file_path == rank1.file_path == str(tmp_path / "kv.mla.0.bin")
-    idx1, _ = fill(pool1, 2, seed=2)
+    idx1, _ = fill_random_pages(pool1, 2, seed=2)
     assert rank1.batch_set_v1(["x0", "x1"], idx1) == [True, True]  # SGLang's answer for a non-writer
     assert rank1.get_stats()["write_skipped_non_writer"] == 2
     assert rank0.exists_many(["x0", "x1"]) == [False, False]
-    idx0, expected = fill(pool0, 2, seed=3)
+    idx0, expected = fill_random_pages(pool0, 2, seed=3)
     assert rank0.batch_set_v1(["y0", "y1"], idx0) == [True, True]
     dest = pool1.alloc(2 * pool1.page_size)
     assert rank1.batch_get_v1(["y0", "y1"], dest) == [True, True]
-    assert read(pool1, dest) == expected
+    assert read_page_bytes(pool1, dest) == expected
 
 
 class InterleavingClient(PlainFileClient):
@@ -160,13 +145,13 @@ class InterleavingClient(PlainFileClient):
 def test_read_of_a_slot_reused_mid_read_is_a_miss(tmp_path: Path, open_store: Callable[..., Any]) -> None:
     reader, pool = open_store(config(tmp_path / "kv", file_size=2 * make_pool().page_bytes))
     writer, wpool = open_store(config(tmp_path / "kv", file_size=2 * make_pool().page_bytes))
-    idx, _ = fill(wpool, 1, seed=4)
+    idx, _ = fill_random_pages(wpool, 1, seed=4)
     assert writer.batch_set_v1(["victim"], idx) == [True]
     assert reader.io is not None
     interleaving = InterleavingClient(reader.file_path, reader.settings.file_size, numjobs=1)
     reader.io.close()
     reader.io = interleaving
-    other_idx, other_bytes = fill(wpool, 1, seed=5)
+    other_idx, other_bytes = fill_random_pages(wpool, 1, seed=5)
 
     def reuse_the_slot() -> None:
         assert writer.delete("victim")
@@ -175,7 +160,7 @@ def test_read_of_a_slot_reused_mid_read_is_a_miss(tmp_path: Path, open_store: Ca
     interleaving.before_read = reuse_the_slot
     dest = pool.alloc(pool.page_size)
     assert reader.batch_get_v1(["victim"], dest) == [False]
-    assert read(pool, dest) == other_bytes  # the bytes were the intruder's: rightly refused
+    assert read_page_bytes(pool, dest) == other_bytes  # the bytes were the intruder's: rightly refused
     assert reader.get_stats()["read_stale"] == 1
     assert reader.batch_get_v1(["intruder"], dest) == [True]
 
@@ -183,13 +168,13 @@ def test_read_of_a_slot_reused_mid_read_is_a_miss(tmp_path: Path, open_store: Ca
 def test_chain_from_prefix_keys_guides_eviction(tmp_path: Path, open_store: Callable[..., Any]) -> None:
     pb = make_pool().page_bytes
     backend, pool = open_store(config(tmp_path / "kv", file_size=4 * pb))
-    idx, _ = fill(pool, 4, seed=6)
+    idx, _ = fill_random_pages(pool, 4, seed=6)
     page = pool.page_size
     assert backend.batch_set_v1(["h0", "h1"], idx[: 2 * page]) == [True, True]
     info = HiCacheStorageExtraInfo(prefix_keys=["h0", "h1"])
     assert backend.batch_set_v1(["h2", "h3"], idx[2 * page :], info) == [True, True]
     backend.batch_get_v1(["h0", "h1", "h2", "h3"], idx)
-    other, _ = fill(pool, 1, seed=7)
+    other, _ = fill_random_pages(pool, 1, seed=7)
     assert backend.batch_set_v1(["new"], other) == [True]
     # h3 (the tail) went, not h0 (the least recently used page, but the chain's head).
     assert backend.exists_many(["h0", "h1", "h2", "h3"]) == [True, True, True, False]
@@ -203,7 +188,7 @@ def test_metadata_service_down_gives_per_page_failures(tmp_path: Path, opened: l
         opened.append(backend)
         pool = make_pool()
         backend.register_mem_pool_host(pool)
-        idx, _ = fill(pool, 2, seed=8)
+        idx, _ = fill_random_pages(pool, 2, seed=8)
         assert backend.batch_set_v1(["a", "b"], idx) == [True, True]
         backend.health_check()
     finally:
@@ -230,7 +215,7 @@ def test_geometry_conflict_on_a_shared_file(
 ) -> None:
     cfg = config(tmp_path / "kv", metadata_server_url=metadata_service.url)
     backend, pool = open_store(cfg)
-    idx, _ = fill(pool, 1, seed=9)
+    idx, _ = fill_random_pages(pool, 1, seed=9)
     assert backend.batch_set_v1(["p"], idx) == [True]
     other = Hf3fsStore(cfg)
     try:
@@ -262,7 +247,7 @@ def test_in_process_metadata_refuses_a_second_process(tmp_path: Path, open_store
 
 def test_in_process_index_survives_reopen(tmp_path: Path, open_store: Callable[..., Any], opened: list[Hf3fsStore]) -> None:
     backend, pool = open_store(config(tmp_path / "kv"))
-    idx, expected = fill(pool, 3, seed=10)
+    idx, expected = fill_random_pages(pool, 3, seed=10)
     assert backend.batch_set_v1(["r0", "r1", "r2"], idx) == [True] * 3
     backend.close()
     saved = json.loads((tmp_path / "kv.0.bin.index.json").read_text())
@@ -270,7 +255,7 @@ def test_in_process_index_survives_reopen(tmp_path: Path, open_store: Callable[.
     again, pool2 = open_store(config(tmp_path / "kv"))
     dest = pool2.alloc(3 * pool2.page_size)
     assert again.batch_get_v1(["r0", "r1", "r2"], dest) == [True] * 3
-    assert read(pool2, dest) == expected
+    assert read_page_bytes(pool2, dest) == expected
 
 
 def test_metadata_service_state_survives_restart(tmp_path: Path, open_store: Callable[..., Any]) -> None:
@@ -278,7 +263,7 @@ def test_metadata_service_state_survives_restart(tmp_path: Path, open_store: Cal
     service = start_metadata_service(str(state))
     try:
         backend, pool = open_store(config(tmp_path / "kv", metadata_server_url=service.url))
-        idx, expected = fill(pool, 2, seed=11)
+        idx, expected = fill_random_pages(pool, 2, seed=11)
         assert backend.batch_set_v1(["s0", "s1"], idx) == [True, True]
     finally:
         service.stop()  # SIGTERM: uvicorn shuts down gracefully and the state is saved
@@ -288,7 +273,7 @@ def test_metadata_service_state_survives_restart(tmp_path: Path, open_store: Cal
         again, pool2 = open_store(config(tmp_path / "kv", metadata_server_url=service.url))
         dest = pool2.alloc(2 * pool2.page_size)
         assert again.batch_get_v1(["s0", "s1"], dest) == [True, True]
-        assert read(pool2, dest) == expected
+        assert read_page_bytes(pool2, dest) == expected
     finally:
         service.stop()
 

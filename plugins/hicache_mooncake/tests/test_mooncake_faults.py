@@ -20,28 +20,13 @@ from hicache_mooncake.store import MooncakeStore
 from hicache_core import HiCacheStorageConfig
 from hicache_core.memory.host_pool import HostKVPool
 from hicache_core.spec.errors import HiCacheError
+from hicache_core.testing.pages import fill_random_pages, read_page_bytes
 
 PAGE = 16
 
 
 def _pool(pages: int = 256) -> HostKVPool:
     return HostKVPool(pages * PAGE, PAGE, 2, 2, 32, torch.bfloat16, "page_first")
-
-
-def _fill(pool: HostKVPool, n: int, seed: int) -> tuple[torch.Tensor, list[bytes]]:
-    idx = pool.alloc(n * PAGE)
-    assert idx is not None
-    gen = torch.Generator().manual_seed(seed)
-    expected = []
-    for page in pool.indices_to_pages(idx):
-        data = torch.randint(0, 256, (pool.page_bytes,), dtype=torch.uint8, generator=gen)
-        pool.write_page(page, data.view(pool.dtype))
-        expected.append(bytes(data.numpy()))
-    return idx, expected
-
-
-def _read(pool: HostKVPool, idx: torch.Tensor) -> list[bytes]:
-    return [bytes(pool.read_page(p).view(torch.uint8).numpy()) for p in pool.indices_to_pages(idx)]
 
 
 def _keys(n: int) -> list[str]:
@@ -75,7 +60,7 @@ def test_master_killed_mid_io_then_restarted(private_cluster: LocalMooncakeClust
     pool = _pool()
     store.register_mem_pool_host(pool)
     before_keys = _keys(8)
-    before_idx, _ = _fill(pool, 8, seed=1)
+    before_idx, _ = fill_random_pages(pool, 8, seed=1)
     assert store.batch_set_v1(before_keys, before_idx) == [True] * 8
     store.health_check()
 
@@ -88,7 +73,7 @@ def test_master_killed_mid_io_then_restarted(private_cluster: LocalMooncakeClust
             n = 0
             while not stop.is_set():
                 keys = _keys(8)
-                idx, _ = _fill(pool, 8, seed=100 + n)
+                idx, _ = fill_random_pages(pool, 8, seed=100 + n)
                 results.append((time.monotonic(), store.batch_set_v1(keys, idx)))
                 results.append((time.monotonic(), store.batch_get_v1(keys, idx)))
                 results.append((time.monotonic(), store.exists_many(keys)))
@@ -131,12 +116,12 @@ def test_master_killed_mid_io_then_restarted(private_cluster: LocalMooncakeClust
     assert dest is not None
     assert fresh.batch_get_v1(before_keys, dest) == [False] * 8
     keys = _keys(4)
-    idx, expected = _fill(fresh_pool, 4, seed=7)
+    idx, expected = fill_random_pages(fresh_pool, 4, seed=7)
     assert _eventually(lambda: fresh.batch_set_v1(keys, idx) == [True] * 4)
     dest2 = fresh_pool.alloc(4 * PAGE)
     assert dest2 is not None
     assert fresh.batch_get_v1(keys, dest2) == [True] * 4
-    assert _read(fresh_pool, dest2) == expected
+    assert read_page_bytes(fresh_pool, dest2) == expected
     fresh.health_check()
     # The old backend reconnects by itself and is just as strict.
     assert _eventually(lambda: _healthy(store))
@@ -150,7 +135,7 @@ def test_storage_node_killed_reads_fail_cleanly(private_cluster: LocalMooncakeCl
     pool = _pool()
     store.register_mem_pool_host(pool)
     keys = _keys(6)
-    idx, _ = _fill(pool, 6, seed=3)
+    idx, _ = fill_random_pages(pool, 6, seed=3)
     assert store.batch_set_v1(keys, idx) == [True] * 6
     store.health_check()
     private_cluster.kill("storage0")
@@ -163,7 +148,7 @@ def test_storage_node_killed_reads_fail_cleanly(private_cluster: LocalMooncakeCl
         store.health_check()
     # Writes with no memory left in the pool fail per page too.
     more = _keys(2)
-    idx2, _ = _fill(pool, 2, seed=4)
+    idx2, _ = fill_random_pages(pool, 2, seed=4)
     assert store.batch_set_v1(more, idx2) == [False, False]
     # A new storage node brings the pool back; the dead node's pages stay gone.
     private_cluster.start_storage_node(1)
@@ -184,7 +169,7 @@ def test_full_pool_fails_pages_not_calls() -> None:
         store = _open(cluster)
         pool = HostKVPool(256 * PAGE, PAGE, 8, 8, 16, torch.bfloat16, "page_first")  # 64 KiB pages
         store.register_mem_pool_host(pool)
-        src, expected = _fill(pool, 128, seed=11)
+        src, expected = fill_random_pages(pool, 128, seed=11)
         stored: dict[str, int] = {}  # key -> page of src it was written from
         for _ in range(6):
             keys = _keys(128)
@@ -199,6 +184,6 @@ def test_full_pool_fails_pages_not_calls() -> None:
         assert dest is not None
         got = store.batch_get_v1(keys, dest)
         assert any(got)
-        read = _read(pool, dest)
+        read = read_page_bytes(pool, dest)
         assert all(read[n] == expected[stored[k]] for n, (k, ok) in enumerate(zip(keys, got)) if ok)
         store.close()

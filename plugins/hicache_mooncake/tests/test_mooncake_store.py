@@ -17,28 +17,13 @@ from hicache_mooncake.store import MAX_BATCH_PAGES, MooncakeStore
 from hicache_core import HiCacheStorageConfig, create_backend
 from hicache_core.memory.host_pool import HostKVPool
 from hicache_core.spec.errors import LayoutError
+from hicache_core.testing.pages import fill_random_pages, read_page_bytes
 
 PAGE, LAYERS, HEADS, DIM = 16, 2, 2, 8
 
 
 def _pool(pages: int = 64, layout: str = "page_first", is_mla: bool = False) -> HostKVPool:
     return HostKVPool(pages * PAGE, PAGE, LAYERS, HEADS, DIM, torch.bfloat16, layout, is_mla)
-
-
-def _fill(pool: HostKVPool, n: int, seed: int) -> tuple[torch.Tensor, list[bytes]]:
-    idx = pool.alloc(n * pool.page_size)
-    assert idx is not None
-    gen = torch.Generator().manual_seed(seed)
-    expected = []
-    for page in pool.indices_to_pages(idx):
-        data = torch.randint(0, 256, (pool.page_bytes,), dtype=torch.uint8, generator=gen)
-        pool.write_page(page, data.view(pool.dtype))
-        expected.append(bytes(data.numpy()))
-    return idx, expected
-
-
-def _read(pool: HostKVPool, idx: torch.Tensor) -> list[bytes]:
-    return [bytes(pool.read_page(p).view(torch.uint8).numpy()) for p in pool.indices_to_pages(idx)]
 
 
 def _keys(n: int) -> list[str]:
@@ -78,7 +63,7 @@ def test_mha_pages_are_k_and_v_objects_with_the_namespace_suffix(open_store: Cal
     pool = _pool()
     store.register_mem_pool_host(pool)
     keys = _keys(3)
-    idx, _ = _fill(pool, 3, seed=1)
+    idx, _ = fill_random_pages(pool, 3, seed=1)
     assert store.batch_set_v1(keys, idx) == [True] * 3
     suffix = "_mooncake-test-model_1_2"
     assert raw.batch_is_exist([f"{k}{suffix}_k" for k in keys] + [f"{k}{suffix}_v" for k in keys]) == [1] * 6
@@ -91,7 +76,7 @@ def test_other_ranks_and_models_do_not_see_the_pages(open_store: Callable[..., M
     pool = _pool()
     writer.register_mem_pool_host(pool)
     keys = _keys(2)
-    idx, _ = _fill(pool, 2, seed=2)
+    idx, _ = fill_random_pages(pool, 2, seed=2)
     assert writer.batch_set_v1(keys, idx) == [True, True]
     assert open_store(tp_rank=1, tp_size=2).exists_many(keys) == [False, False]
     assert open_store(tp_rank=0, tp_size=2, model_name="another/model").exists_many(keys) == [False, False]
@@ -121,7 +106,7 @@ def test_a_page_of_another_geometry_is_a_miss_and_counted(open_store: Callable[.
     big_pool = HostKVPool(8 * PAGE, PAGE, LAYERS * 2, HEADS, DIM, torch.bfloat16, "page_first")
     big.register_mem_pool_host(big_pool)
     keys = _keys(2)
-    idx, _ = _fill(small_pool, 2, seed=3)
+    idx, _ = fill_random_pages(small_pool, 2, seed=3)
     assert small.batch_set_v1(keys, idx) == [True, True]
     dest = big_pool.alloc(2 * PAGE)
     assert dest is not None
@@ -135,14 +120,14 @@ def test_duplicate_put_keeps_the_first_bytes(open_store: Callable[..., MooncakeS
     pool = _pool()
     store.register_mem_pool_host(pool)
     (key,) = _keys(1)
-    idx1, first = _fill(pool, 1, seed=4)
-    idx2, _second = _fill(pool, 1, seed=5)
+    idx1, first = fill_random_pages(pool, 1, seed=4)
+    idx2, _second = fill_random_pages(pool, 1, seed=5)
     assert store.batch_set_v1([key], idx1) == [True]
     assert store.batch_set_v1([key], idx2) == [True]
     dest = pool.alloc(PAGE)
     assert dest is not None
     assert store.batch_get_v1([key], dest) == [True]
-    assert _read(pool, dest) == first
+    assert read_page_bytes(pool, dest) == first
 
 
 def test_legacy_and_zero_copy_paths_read_each_other(open_store: Callable[..., MooncakeStore]) -> None:
@@ -150,7 +135,7 @@ def test_legacy_and_zero_copy_paths_read_each_other(open_store: Callable[..., Mo
     pool = _pool()
     store.register_mem_pool_host(pool)
     k1, k2 = _keys(2)
-    idx, expected = _fill(pool, 1, seed=6)
+    idx, expected = fill_random_pages(pool, 1, seed=6)
     assert store.batch_set_v1([k1], idx) == [True]
     got = store.get(k1)
     assert got is not None and bytes(got.view(torch.uint8).numpy()) == expected[0]
@@ -159,7 +144,7 @@ def test_legacy_and_zero_copy_paths_read_each_other(open_store: Callable[..., Mo
     dest = pool.alloc(PAGE)
     assert dest is not None
     assert store.batch_get_v1([k2], dest) == [True]
-    assert _read(pool, dest) == [bytes(page.view(torch.uint8).numpy())]
+    assert read_page_bytes(pool, dest) == [bytes(page.view(torch.uint8).numpy())]
 
 
 def test_legacy_path_without_a_pool_and_with_raw_addresses(open_store: Callable[..., MooncakeStore]) -> None:
@@ -182,13 +167,13 @@ def test_batches_larger_than_128_pages_are_split(open_store: Callable[..., Moonc
     pool = _pool(pages=2 * n)
     store.register_mem_pool_host(pool)
     keys = _keys(n)
-    idx, expected = _fill(pool, n, seed=7)
+    idx, expected = fill_random_pages(pool, n, seed=7)
     assert store.batch_set_v1(keys, idx) == [True] * n
     assert store.batch_exists(keys) == n
     dest = pool.alloc(n * PAGE)
     assert dest is not None
     assert store.batch_get_v1(keys, dest) == [True] * n
-    assert _read(pool, dest) == expected
+    assert read_page_bytes(pool, dest) == expected
     stats = store.get_stats()
     assert stats["pages_written"] == n and stats["pages_read"] == n and stats["errors_total"] == 0
 
@@ -200,17 +185,17 @@ def test_mla_single_object_and_writer_rank(open_store: Callable[..., MooncakeSto
     rank0.register_mem_pool_host(pool0)
     rank1.register_mem_pool_host(pool1)
     keys = _keys(2)
-    idx1, _ = _fill(pool1, 2, seed=8)
+    idx1, _ = fill_random_pages(pool1, 2, seed=8)
     assert rank1.batch_set_v1(keys, idx1) == [True, True]  # not the writer: nothing stored
     assert rank1.get_stats()["pages_skipped_non_writer"] == 2
     assert rank0.exists_many(keys) == [False, False]
-    idx0, expected = _fill(pool0, 2, seed=9)
+    idx0, expected = fill_random_pages(pool0, 2, seed=9)
     assert rank0.batch_set_v1(keys, idx0) == [True, True]
     assert raw.batch_is_exist([k + "_mooncake-test-model" for k in keys]) == [1, 1]
     dest = pool1.alloc(2 * PAGE)
     assert dest is not None
     assert rank1.batch_get_v1(keys, dest) == [True, True]  # every rank reads rank 0's pages
-    assert _read(pool1, dest) == expected
+    assert read_page_bytes(pool1, dest) == expected
 
 
 def test_layouts_are_checked(open_store: Callable[..., MooncakeStore]) -> None:
@@ -228,8 +213,8 @@ def test_two_clients_share_pages_one_contributing_memory(open_store: Callable[..
     a.register_mem_pool_host(pool_a)
     b.register_mem_pool_host(pool_b)
     ka, kb = _keys(6), _keys(6)
-    idx_a, exp_a = _fill(pool_a, 6, seed=10)
-    idx_b, exp_b = _fill(pool_b, 6, seed=11)
+    idx_a, exp_a = fill_random_pages(pool_a, 6, seed=10)
+    idx_b, exp_b = fill_random_pages(pool_b, 6, seed=11)
     assert a.batch_set_v1(ka, idx_a) == [True] * 6
     assert b.batch_set_v1(kb, idx_b) == [True] * 6
     dest_b = pool_b.alloc(6 * PAGE)
@@ -237,7 +222,7 @@ def test_two_clients_share_pages_one_contributing_memory(open_store: Callable[..
     assert dest_a is not None and dest_b is not None
     assert b.batch_get_v1(ka, dest_b) == [True] * 6
     assert a.batch_get_v1(kb, dest_a) == [True] * 6
-    assert _read(pool_b, dest_b) == exp_a and _read(pool_a, dest_a) == exp_b
+    assert read_page_bytes(pool_b, dest_b) == exp_a and read_page_bytes(pool_a, dest_a) == exp_b
 
 
 def test_health_check_round_trips_a_probe(open_store: Callable[..., MooncakeStore]) -> None:
@@ -293,7 +278,7 @@ def test_batch_exists_stops_at_the_first_gap_across_chunks(open_store: Callable[
     pool = _pool(pages=n)
     store.register_mem_pool_host(pool)
     keys = _keys(n)
-    idx, _ = _fill(pool, n, seed=12)
+    idx, _ = fill_random_pages(pool, n, seed=12)
     present = [*range(MAX_BATCH_PAGES + 10), *range(MAX_BATCH_PAGES + 11, n)]  # gap at 138
     page = pool.page_size
     assert store.batch_set_v1([keys[i] for i in present], torch.cat([idx[i * page : (i + 1) * page] for i in present])) == [True] * len(present)
