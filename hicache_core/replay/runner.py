@@ -142,7 +142,7 @@ def replay(
     t0 = time.perf_counter()
     cut = 0.0  # wall seconds of idle trace time cut out by max_gap_s so far
 
-    def run_one(pos: int, req: TraceRequest, label: str) -> None:
+    def run_one(pos: int, req: TraceRequest, label: str) -> RequestRecord:
         start = time.perf_counter()
         rec = RequestRecord(req.index, req.timestamp_ms, label, req.input_length)
         try:
@@ -158,28 +158,36 @@ def replay(
         rec.latency_ms = (time.perf_counter() - start) * 1e3
         records[pos] = rec
         slots.release()
+        return rec
 
     bar = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("hit {task.fields[hit]:.1%}  L3 {task.fields[l3]:.1%}  failed {task.fields[failed]}"),
         TimeElapsedColumn(), disable=not progress, transient=False,
     )
-    futures: list[Future[None]] = []
+    futures: list[Future[RequestRecord]] = []
     with bar, ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="replay") as pool:
         task = bar.add_task(description, total=len(requests), hit=0.0, l3=0.0, failed=0)
-        stats = {"done": 0}
+        # Running totals, not a pass over every record per update: that was quadratic in the trace.
+        totals = {"done": 0, "tokens": 0, "hit": 0, "l3": 0, "failed": 0}
+        totals_lock = threading.Lock()  # callbacks run on the worker threads
 
-        def refresh(_: Future[None]) -> None:
-            stats["done"] += 1
-            if stats["done"] % 10 and stats["done"] != len(requests):
-                bar.update(task, completed=stats["done"])
-                return
-            done = [r for r in records if r is not None]
-            tokens = sum(r.input_tokens for r in done if r.ok) or 1
-            bar.update(task, completed=stats["done"],
-                       hit=sum(sum(r.cached.values()) for r in done) / tokens,
-                       l3=sum(r.cached["storage"] for r in done) / tokens,
-                       failed=sum(1 for r in done if not r.ok))
+        def refresh(fut: Future[RequestRecord]) -> None:
+            rec = fut.result()
+            with totals_lock:
+                totals["done"] += 1
+                totals["hit"] += sum(rec.cached.values())
+                totals["l3"] += rec.cached["storage"]
+                if rec.ok:
+                    totals["tokens"] += rec.input_tokens
+                else:
+                    totals["failed"] += 1
+                done, tokens = totals["done"], totals["tokens"] or 1
+                if done % 10 and done != len(requests):
+                    bar.update(task, completed=done)
+                    return
+                bar.update(task, completed=done, hit=totals["hit"] / tokens, l3=totals["l3"] / tokens,
+                           failed=totals["failed"])
 
         for pos, req in enumerate(requests):
             if pos in actions:
