@@ -115,12 +115,13 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _pwritev_all(fd: int, bufs: list[Any], offset: int) -> int:
-    """Write every buffer at ``offset``, looping on short writes and ``IOV_MAX``."""
+def _vectored_all(call: Callable[[int, list[memoryview], int], int], fd: int, bufs: list[Any], offset: int) -> int:
+    """``call`` (``os.pwritev`` or ``os.preadv``) over every buffer from ``offset``, looping on short
+    transfers and ``IOV_MAX``; returns the bytes moved (less than asked at end of file)."""
     views = [memoryview(b).cast("B") for b in bufs]
     total = 0
     while views:
-        n = os.pwritev(fd, views[:_IOV_MAX], offset + total)
+        n = call(fd, views[:_IOV_MAX], offset + total)
         if n <= 0:
             break
         total += n
@@ -130,23 +131,16 @@ def _pwritev_all(fd: int, bufs: list[Any], offset: int) -> int:
         if views and n:
             views[0] = views[0][n:]
     return total
+
+
+def _pwritev_all(fd: int, bufs: list[Any], offset: int) -> int:
+    """Write every buffer at ``offset``."""
+    return _vectored_all(os.pwritev, fd, bufs, offset)
 
 
 def _preadv_all(fd: int, bufs: list[Any], offset: int) -> int:
     """Fill the buffers from ``offset``; returns bytes read (less at end of file)."""
-    views = [memoryview(b).cast("B") for b in bufs]
-    total = 0
-    while views:
-        n = os.preadv(fd, views[:_IOV_MAX], offset + total)
-        if n <= 0:
-            break
-        total += n
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
-    return total
+    return _vectored_all(os.preadv, fd, bufs, offset)
 
 
 class _PageViews:
