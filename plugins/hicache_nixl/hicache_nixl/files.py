@@ -14,6 +14,7 @@ import re
 import threading
 import zlib
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -54,11 +55,10 @@ class PageFiles:
     def tmp_path(self, path: str) -> str:
         return f"{path}{TMP_MARK}{os.getpid()}-{threading.get_ident()}-{next(self._tmp_counter)}"
 
-    def iter_pages(self) -> list[tuple[str, os.stat_result]]:
-        """Every page file (temporaries excluded) with its stat, in no particular order."""
-        found: list[tuple[str, os.stat_result]] = []
+    def _shard_files(self) -> Iterator[os.DirEntry[str]]:
+        """Every file (temporaries included) in the two-level shard folders, in no particular order."""
         if not self.root.is_dir():
-            return found
+            return
         for first in os.scandir(self.root):
             if not (first.is_dir() and _SHARD.match(first.name)):
                 continue
@@ -66,11 +66,18 @@ class PageFiles:
                 if not (second.is_dir() and _SHARD.match(second.name)):
                     continue
                 for entry in os.scandir(second.path):
-                    if entry.is_file() and TMP_MARK not in entry.name:
-                        try:
-                            found.append((entry.path, entry.stat()))
-                        except FileNotFoundError:
-                            continue
+                    if entry.is_file():
+                        yield entry
+
+    def iter_pages(self) -> list[tuple[str, os.stat_result]]:
+        """Every page file (temporaries excluded) with its stat, in no particular order."""
+        found: list[tuple[str, os.stat_result]] = []
+        for entry in self._shard_files():
+            if TMP_MARK not in entry.name:
+                try:
+                    found.append((entry.path, entry.stat()))
+                except FileNotFoundError:
+                    continue
         return found
 
     def remove_all(self) -> int:
@@ -80,21 +87,12 @@ class PageFiles:
         never loses files this backend did not write.
         """
         removed = 0
-        if not self.root.is_dir():
-            return 0
-        for first in os.scandir(self.root):
-            if not (first.is_dir() and _SHARD.match(first.name)):
-                continue
-            for second in os.scandir(first.path):
-                if not (second.is_dir() and _SHARD.match(second.name)):
-                    continue
-                for entry in os.scandir(second.path):
-                    if entry.is_file():
-                        try:
-                            os.unlink(entry.path)
-                            removed += 1
-                        except FileNotFoundError:
-                            pass
+        for entry in self._shard_files():
+            try:
+                os.unlink(entry.path)
+                removed += 1
+            except FileNotFoundError:
+                pass
         return removed
 
 
