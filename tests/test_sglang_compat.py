@@ -218,6 +218,8 @@ STAND_IN_SGLANG = {
             extra_info: Optional[dict] = None
 
         class HiCacheStorage(ABC):
+            def clear(self):
+                pass
             def register_mem_pool_host(self, mem_pool_host):
                 self.mem_pool_host = mem_pool_host
             def batch_get_v1(self, keys, host_indices, extra_info=None):
@@ -263,6 +265,7 @@ def test_installed_sglang_always_wins(stand_in_sglang: Path, tmp_path: Path) -> 
     assert sys.modules["sglang"].STAND_IN is True
     assert not sglang_shim.is_shim_module(sys.modules["sglang.srt.mem_cache.hicache_storage"])
     assert isinstance(backend, DuckTypedBackend), "a class on the real SGLang base is adapted"
+    assert backend.capabilities.clear is False, "the base's do-nothing clear() is not a capability"
     pool = HostKVPool(size=64, page_size=4, layer_num=1, head_num=2, head_dim=4)
     backend.register_mem_pool_host(pool)
     idx = pool.alloc(8)

@@ -43,11 +43,20 @@ def _info(extra_info: HiCacheStorageExtraInfo | None) -> HiCacheStorageExtraInfo
 
 
 def implements(obj: Any, name: str) -> bool:
-    """True when ``obj`` has a callable ``name`` of its own, not the ABC's raising default."""
+    """True when ``obj`` has a callable ``name`` of its own.
+
+    Not when it is inherited from hicache's ABC (which raises) or from SGLang's own base class
+    (whose defaults do nothing).
+    """
     if not callable(getattr(obj, name, None)):
         return False
     own = getattr(type(obj), name, None)
-    return own is None or own is not getattr(HiCacheStorage, name, None)
+    if own is None:
+        return True  # set on the instance
+    if own is getattr(HiCacheStorage, name, None):
+        return False
+    module = getattr(own, "__module__", "") or ""
+    return not (module.startswith("sglang.") and getattr(own, "__qualname__", "") == f"HiCacheStorage.{name}")
 
 
 class DuckTypedBackend(HiCacheStorage):
