@@ -350,6 +350,13 @@ def test_host_pool_answers_sglang_names(layout: str, mla: bool) -> None:
             assert len(ptrs) == 2
     else:
         assert len(ptrs) == 2 * L * (1 if mla else 2) and sizes[0] == it * P * heads * D
+    if layout != "layer_first":  # SGLang's earlier helper, page layouts only as there
+        names, ptrs2, sizes2 = pool.get_buffer_meta(["a", "b"], idx, 3)
+        assert (ptrs2, sizes2) == (ptrs, sizes)
+        assert names == (["a_k", "b_k"] if mla else ["a_3_k", "a_3_v", "b_3_k", "b_3_v"])
+    else:
+        with pytest.raises(LayoutError):
+            pool.get_buffer_meta(["a", "b"], idx)
     # the flat-page methods take a 0-dim tensor index (host_indices[i * page_size])
     page = torch.arange(pool.page_bytes // it, dtype=torch.float16)
     pool.set_from_flat_data_page(idx[P], page)

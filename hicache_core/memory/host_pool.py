@@ -296,6 +296,27 @@ class HostKVPool:
         size = self.page_bytes // self.pieces_per_page()
         return ptrs, [size] * len(ptrs)
 
+    def get_buffer_meta(
+        self, keys: Sequence[str], indices: torch.Tensor | Sequence[int], local_rank: int | None = None
+    ) -> tuple[list[str], list[int], list[int]]:
+        """SGLang's earlier zero-copy helper: ``(key_list, ptr_list, size_list)`` for page layouts.
+
+        Per page, keys ``{key}_{local_rank}_k`` and ``{key}_{local_rank}_v`` beside the K and V
+        pointers (MHA), or ``{key}_k`` beside the latent's pointer (MLA); ``local_rank``
+        defaults to 0. Backends written against sglang releases before
+        ``get_page_buffer_meta`` call this one.
+        """
+        self.require_page_layout("get_buffer_meta")
+        ptrs, sizes = self.get_page_buffer_meta(indices)
+        if len(keys) * self.pieces_per_page() != len(ptrs):
+            raise ValueError(f"{len(keys)} keys for {len(ptrs) // self.pieces_per_page()} pages")
+        rank = 0 if local_rank is None else local_rank
+        if self.is_mla:
+            names = [f"{k}_k" for k in keys]
+        else:
+            names = [name for k in keys for name in (f"{k}_{rank}_k", f"{k}_{rank}_v")]
+        return names, ptrs, sizes
+
     def page_pieces(self, page: int) -> list[PagePiece]:
         """The contiguous pieces of page number ``page`` (see ``get_page_buffer_meta``)."""
         base = self.kv_buffer.data_ptr()
