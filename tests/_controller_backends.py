@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,6 +224,24 @@ def check_pages(pool: HostKVPool, page_hashes: list[str], host_indices: torch.Te
     assert len(pages) == len(page_hashes)
     for h, p in zip(page_hashes, pages):
         assert torch.equal(pool.read_page(p), page_content(pool, h)), f"page {h[:12]} differs"
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Poll ``cond`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+def backup_pages(ctl: StorageController, pool: HostKVPool, page_hashes: list[str]) -> list[bool]:
+    """Write the pages of ``page_hashes`` to the host pool, back them up, wait, free them; per-page results."""
+    idx = fill_pages(pool, page_hashes)
+    got: list[list[bool]] = []
+    ctl.backup(page_hashes, idx, got.append)
+    wait_for(lambda: bool(got))
+    pool.free(idx)
+    return got[0]
 
 
 @pytest.fixture

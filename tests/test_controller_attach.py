@@ -7,7 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _controller_backends import check_pages, fill_pages, hashes, make_controller, make_pool
+from _controller_backends import (
+    backup_pages,
+    check_pages,
+    fill_pages,
+    hashes,
+    make_controller,
+    make_pool,
+    wait_for,
+)
 
 from hicache_core import HostKVPool
 from hicache_core.controller import ControllerError, PrefetchOperation, PrefetchResult, StorageController
@@ -31,7 +39,7 @@ def _roundtrip(ctl: StorageController, pool: HostKVPool, n: int = 8) -> None:
     idx = fill_pages(pool, hs)
     done: list[list[bool]] = []
     assert ctl.backup(hs, idx, done.append)
-    _wait_for(lambda: bool(done))
+    wait_for(lambda: bool(done))
     assert done == [[True] * n]
     pool.free(idx)
     op = ctl.prefetch(hs)
@@ -40,15 +48,6 @@ def _roundtrip(ctl: StorageController, pool: HostKVPool, n: int = 8) -> None:
     assert res.page_hashes == hs
     check_pages(pool, hs, res.host_indices)
     pool.free(res.host_indices)
-
-
-def _wait_for(cond: object, timeout: float = 5.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not cond():  # type: ignore[operator]
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def _extra(tmp_path: Path, name: str = "a", **more: object) -> dict[str, object]:
@@ -87,11 +86,7 @@ def test_attach_status_detach(ctl: StorageController, pool: HostKVPool, tmp_path
 def test_l3_data_survives_detach(ctl: StorageController, pool: HostKVPool, tmp_path: Path) -> None:
     ctl.attach("dirstore", _extra(tmp_path))
     hs = hashes(6)
-    idx = fill_pages(pool, hs)
-    done: list[list[bool]] = []
-    ctl.backup(hs, idx, done.append)
-    _wait_for(lambda: bool(done))
-    pool.free(idx)
+    backup_pages(ctl, pool, hs)
     ctl.detach()
     ctl.attach("dirstore", _extra(tmp_path))
     op = ctl.prefetch(hs)
@@ -101,7 +96,7 @@ def test_l3_data_survives_detach(ctl: StorageController, pool: HostKVPool, tmp_p
 
 
 def _wait_complete(op: PrefetchOperation) -> PrefetchResult:
-    _wait_for(lambda: op.done)
+    wait_for(lambda: op.done)
     return op.wait()
 
 
@@ -284,7 +279,7 @@ def test_admin_call_from_a_backup_callback(ctl: StorageController, pool: HostKVP
     idx = fill_pages(pool, hs)
     said: list[str] = []
     ctl.backup(hs, idx, lambda results: said.append(ctl.detach()))
-    _wait_for(lambda: bool(said))
+    wait_for(lambda: bool(said))
     assert "detached" in said[0] and not ctl.attached
 
 
@@ -296,7 +291,7 @@ def test_idle_mode_waits_for_storage_workers(ctl: StorageController, pool: HostK
     ctl.backup(hs, idx, done.append)
     with pytest.raises(ControllerError, match=r"^Reject attach: storage workers are not idle\. #prefetch=0 #backup=1"):
         ctl.attach("dirstore2", _extra(tmp_path, "b"), replace=True, switch_mode="idle")
-    _wait_for(lambda: bool(done))
+    wait_for(lambda: bool(done))
     assert done == [[True, True]]
     ctl.attach("dirstore2", _extra(tmp_path, "b"), replace=True, switch_mode="idle")
     assert ctl.status()["backend"] == "dirstore2"
@@ -314,7 +309,7 @@ def test_no_threads_left_after_close(pool: HostKVPool, tmp_path: Path) -> None:
     ctl.attach("dirstore2", _extra(tmp_path, "b"), replace=True)
     assert ours()  # workers of the attached backend
     ctl.close()
-    _wait_for(lambda: not ours())
+    wait_for(lambda: not ours())
 
 
 def test_backend_view_of_non_json_values(ctl: StorageController, tmp_path: Path) -> None:

@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from _controller_backends import check_pages, fill_pages, hashes, make_controller, make_pool
+from _controller_backends import (
+    backup_pages,
+    check_pages,
+    fill_pages,
+    hashes,
+    make_controller,
+    make_pool,
+    wait_for,
+)
 
 from hicache_core import HostKVPool
 from hicache_core.controller import StorageController, fault_switch
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
-
-
 def _backup(ctl: StorageController, pool: HostKVPool, n: int = 2) -> list[bool]:
-    hs = hashes(n)
-    idx = fill_pages(pool, hs)
-    got: list[list[bool]] = []
-    ctl.backup(hs, idx, got.append)
-    wait_for(lambda: bool(got))
-    pool.free(idx)
-    return got[0]
+    return backup_pages(ctl, pool, hashes(n))
 
 
 def test_breaker_opens_and_recovers(tmp_path: Path) -> None:
@@ -64,11 +58,7 @@ def test_breaker_opens_and_recovers(tmp_path: Path) -> None:
         assert st["counters"]["reattaches"] == 1
         assert ctl.metrics.sample("hicache_breaker_state") == 0
         hs = hashes(5)
-        idx = fill_pages(pool, hs)
-        got: list[list[bool]] = []
-        ctl.backup(hs, idx, got.append)
-        wait_for(lambda: bool(got))
-        pool.free(idx)
+        backup_pages(ctl, pool, hs)
         op = ctl.prefetch(hs)
         assert op is not None
         res = op.wait()

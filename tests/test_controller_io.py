@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +16,11 @@ from _controller_backends import (
     make_controller,
     make_pool,
     poison,  # noqa: F401  (fixture)
+    wait_for,
 )
 
 from hicache_core import HiCacheStorageConfig, HostKVPool
 from hicache_core.controller import PrefetchOperation, PrefetchResult, StorageController
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
 
 
 def take_all(op: PrefetchOperation) -> PrefetchResult:

@@ -2,31 +2,18 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
 
-from _controller_backends import fill_pages, hashes, make_controller, make_pool
+from _controller_backends import backup_pages, fill_pages, hashes, make_controller, make_pool, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 
 from hicache_core import HiCacheStorageConfig, HostKVPool
 from hicache_core.controller import StorageController, fault_switch
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.005)
-
-
 def _cycle(ctl: StorageController, pool: HostKVPool, n: int) -> None:
     hs = hashes(n)
-    idx = fill_pages(pool, hs)
-    got: list[list[bool]] = []
-    ctl.backup(hs, idx, got.append)
-    wait_for(lambda: bool(got))
-    pool.free(idx)
+    backup_pages(ctl, pool, hs)
     op = ctl.prefetch(hs)
     assert op is not None
     wait_for(lambda: op.done)
