@@ -11,7 +11,7 @@ from hicache_core import HiCacheStorageConfig, HostKVPool, create_backend
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_core.testing.processes import free_port
 
-__all__ = ["ACCESS_KEY", "SECRET_KEY", "S3Server", "fill", "free_port", "make_pool", "open_nixl", "page_bytes", "read_pages"]
+__all__ = ["ACCESS_KEY", "SECRET_KEY", "S3Server", "assert_round_trip", "fill", "free_port", "make_pool", "open_nixl", "page_bytes", "read_pages"]
 
 
 def make_pool(pages: int = 64, page_size: int = 16, layout: str = "page_first", is_mla: bool = False,
@@ -45,6 +45,17 @@ def page_bytes(pool: HostKVPool, page: int) -> bytes:
 
 def read_pages(pool: HostKVPool, idx: torch.Tensor) -> list[bytes]:
     return [page_bytes(pool, p) for p in pool.indices_to_pages(idx)]
+
+
+def assert_round_trip(store: HiCacheStorage, pool: HostKVPool, n: int, seed: int, prefix: str) -> None:
+    """Store ``n`` fresh pages with ``batch_set_v1``, load them into other host pages, compare the bytes."""
+    idx, expected = fill(pool, n, seed)
+    keys = [f"{prefix}{i}" for i in range(n)]
+    assert store.batch_set_v1(keys, idx) == [True] * n
+    dest = pool.alloc(n * pool.page_size)
+    assert dest is not None
+    assert store.batch_get_v1(keys, dest) == [True] * n
+    assert read_pages(pool, dest) == expected
 
 
 ACCESS_KEY = "hicache-test"

@@ -20,7 +20,7 @@ pytest.importorskip("nixl", reason="NIXL is not installed: pip install nixl-cu12
 import torch
 from hicache_nixl.files import TMP_MARK
 from hicache_nixl.transfer import Outcome
-from nixl_helpers import fill, make_pool, open_nixl, read_pages
+from nixl_helpers import assert_round_trip, fill, make_pool, open_nixl
 
 from hicache_core.spec.errors import BackendConfigError
 
@@ -62,13 +62,7 @@ def test_one_sharded_file_per_page_with_the_page_bytes(tmp_path: Path) -> None:
 def test_each_posix_engine_round_trips(tmp_path: Path, engine: str) -> None:
     pool = make_pool()
     store = open_nixl({"plugin": "POSIX", "storage_dir": str(tmp_path), "posix_engine": engine}, pool)
-    idx, expected = fill(pool, 16, seed=2)
-    keys = [f"e{i}" for i in range(16)]
-    assert store.batch_set_v1(keys, idx) == [True] * 16
-    dest = pool.alloc(16 * pool.page_size)
-    assert dest is not None
-    assert store.batch_get_v1(keys, dest) == [True] * 16
-    assert read_pages(pool, dest) == expected
+    assert_round_trip(store, pool, 16, seed=2, prefix="e")
     assert store.get_stats()["posix_engine"] == engine
     store.close()
 
@@ -250,13 +244,7 @@ def test_o_direct_round_trip_with_an_aligned_pool(tmp_path: Path, where: str, re
         # Older kernels' tmpfs refuses O_DIRECT (EINVAL); auto then stays off and says so.
         assert "refuses O_DIRECT" in stats["o_direct_reason"]
         pytest.skip(f"O_DIRECT is not available on {where} here: {stats['o_direct_reason']}")
-    idx, expected = fill(pool, 8, seed=10)
-    keys = [f"direct{i}" for i in range(8)]
-    assert store.batch_set_v1(keys, idx) == [True] * 8
-    dest = pool.alloc(8 * pool.page_size)
-    assert dest is not None
-    assert store.batch_get_v1(keys, dest) == [True] * 8
-    assert read_pages(pool, dest) == expected
+    assert_round_trip(store, pool, 8, seed=10, prefix="direct")
     store.close()
 
 

@@ -13,7 +13,7 @@ import pytest
 pytest.importorskip("nixl", reason="NIXL is not installed: pip install nixl-cu12 && pip install --no-deps nixl", exc_type=ImportError)
 import torch
 from hicache_nixl.runtime import library_load_error
-from nixl_helpers import fill, make_pool, open_nixl, read_pages
+from nixl_helpers import assert_round_trip, make_pool, open_nixl
 
 pytestmark = pytest.mark.gpu
 
@@ -35,13 +35,7 @@ def test_gds_round_trip_from_the_host_pool(tmp_path: Path, plugin: str) -> None:
     pool = make_pool(pages=32, layer_num=4, head_num=4, head_dim=8)
     store = open_nixl({"plugin": plugin, "storage_dir": str(tmp_path)}, pool)
     assert store.get_stats()["plugin"] == plugin
-    idx, expected = fill(pool, 8, seed=1)
-    keys = [f"gds{i}" for i in range(8)]
-    assert store.batch_set_v1(keys, idx) == [True] * 8
-    dest = pool.alloc(8 * pool.page_size)
-    assert dest is not None
-    assert store.batch_get_v1(keys, dest) == [True] * 8
-    assert read_pages(pool, dest) == expected
+    assert_round_trip(store, pool, 8, seed=1, prefix="gds")
     store.close()
 
 

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 pytest.importorskip("nixl", reason="NIXL is not installed: pip install nixl-cu12 && pip install --no-deps nixl", exc_type=ImportError)
-from nixl_helpers import ACCESS_KEY, SECRET_KEY, S3Server, fill, free_port, make_pool, open_nixl, read_pages
+from nixl_helpers import (
+    ACCESS_KEY,
+    SECRET_KEY,
+    S3Server,
+    assert_round_trip,
+    fill,
+    free_port,
+    make_pool,
+    open_nixl,
+    read_pages,
+)
 
 from hicache_core.spec.errors import HiCacheError
 
@@ -40,13 +50,7 @@ def test_an_object_put_by_a_plain_client_is_read_into_the_pool(s3_server: S3Serv
 def test_multi_piece_pages_are_gathered_in_chunks(s3_server: S3Server, bucket: str, layout: str) -> None:
     pool = make_pool(layout=layout)
     store = open_nixl(s3_server.obj_config(bucket, staging_pages=3), pool)
-    idx, expected = fill(pool, 10, seed=3)
-    keys = [f"g{i}" for i in range(10)]
-    assert store.batch_set_v1(keys, idx) == [True] * 10
-    dest = pool.alloc(10 * pool.page_size)
-    assert dest is not None
-    assert store.batch_get_v1(keys, dest) == [True] * 10
-    assert read_pages(pool, dest) == expected
+    assert_round_trip(store, pool, 10, seed=3, prefix="g")
     store.close()
 
 
