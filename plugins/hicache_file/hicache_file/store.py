@@ -438,12 +438,17 @@ class FileStore(HiCacheStorage):
         with self._lock:
             for rel in rels:
                 self._index.touch(rel)
-        if self._index.bounded:
-            for rel in rels:
-                try:
-                    os.utime(self._path(rel))
-                except OSError:
-                    pass
+        self._touch_mtimes(rels)
+
+    def _touch_mtimes(self, rels: list[str]) -> None:
+        """Refresh the files' mtimes when bounded: the LRU order a reopen rebuilds comes from them."""
+        if not self._index.bounded:
+            return
+        for rel in rels:
+            try:
+                os.utime(self._path(rel))
+            except OSError:
+                pass
 
     def _merge(self, stats: Counter[str]) -> None:
         with self._lock:
@@ -592,12 +597,7 @@ class FileStore(HiCacheStorage):
                 dirs.add(rel.split("/", 1)[0])
             stats["evictions"] += self._evict_locked()
             self._stats.update(stats)
-        if self._index.bounded:
-            for rel in unchanged:
-                try:
-                    os.utime(self._path(rel))
-                except OSError:
-                    pass
+        self._touch_mtimes(unchanged)
         if self.settings.fsync:
             for shard in dirs:  # the rename itself is durable only once the directory is
                 _fsync_dir(f"{self.namespace_dir}/{shard}")
