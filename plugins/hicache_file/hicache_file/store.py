@@ -29,7 +29,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -275,22 +275,17 @@ class FileStore(HiCacheStorage):
         stale: list[tuple[str, str]] = []
         now = time.time()
         removed_tmp = 0
-        with os.scandir(self.namespace_dir) as shards:
-            for shard in shards:
-                if not shard.is_dir(follow_symlinks=False):
-                    continue
-                with os.scandir(shard.path) as files:
-                    for entry in files:
-                        name = entry.name
-                        try:
-                            st = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        if name.startswith(TMP_PREFIX):
-                            if self._tmp_is_stale(name, st.st_mtime, now):
-                                stale.append((shard.name, name))
-                        elif name.endswith(PAGE_SUFFIX):
-                            entries.append((st.st_mtime_ns, f"{shard.name}/{name}", st.st_size))
+        for shard_name, entry in self._shard_entries():
+            name = entry.name
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if name.startswith(TMP_PREFIX):
+                if self._tmp_is_stale(name, st.st_mtime, now):
+                    stale.append((shard_name, name))
+            elif name.endswith(PAGE_SUFFIX):
+                entries.append((st.st_mtime_ns, f"{shard_name}/{name}", st.st_size))
         recovered = 0
         for shard_name, name in stale:
             # A writer killed between removing the old page and renaming the new one left a
@@ -732,15 +727,20 @@ class FileStore(HiCacheStorage):
     def clear(self) -> None:
         """Remove every page of this namespace (other models and ranks keep theirs)."""
         with self._lock:
-            with os.scandir(self.namespace_dir) as shards:
-                for shard in shards:
-                    if not shard.is_dir(follow_symlinks=False):
-                        continue
-                    with os.scandir(shard.path) as files:
-                        for entry in files:
-                            if entry.name.endswith(PAGE_SUFFIX):
-                                _unlink_quietly(entry.path)
+            for _, entry in self._shard_entries():
+                if entry.name.endswith(PAGE_SUFFIX):
+                    _unlink_quietly(entry.path)
             self._index.clear()
+
+    def _shard_entries(self) -> Iterator[tuple[str, os.DirEntry[str]]]:
+        """``(shard name, entry)`` for everything in this namespace's shard folders."""
+        with os.scandir(self.namespace_dir) as shards:
+            for shard in shards:
+                if not shard.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(shard.path) as files:
+                    for entry in files:
+                        yield shard.name, entry
 
     def __repr__(self) -> str:
         return f"FileStore({self.namespace_dir!r}, pages={len(self._index)})"
