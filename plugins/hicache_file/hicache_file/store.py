@@ -705,12 +705,6 @@ class FileStore(HiCacheStorage):
     def exists_many(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
         return [self.exists(k) for k in keys]
 
-    def batch_exists(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> int:
-        for i, key in enumerate(keys):
-            if not self.exists(key):
-                return i
-        return len(keys)
-
     def delete(self, key: str) -> bool:
         rel, _ = self._rel(key)
         with self._lock:
