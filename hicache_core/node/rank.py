@@ -229,6 +229,8 @@ class CacheRank:
                 self._release(self.l1, h)
             for h in held_l2:
                 self._release(self.l2, h)
+            self.l1.touch_chain(hashes)
+            self.l2.touch_chain(hashes)
 
         cached = self._cap_tokens(req, d, host_end - d, storage_pages)
         computed = req.input_tokens - sum(cached.values())

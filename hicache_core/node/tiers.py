@@ -51,6 +51,17 @@ class TierIndex:
         """Mark as most recently used."""
         self._entries.move_to_end(page_hash)
 
+    def touch_chain(self, page_hashes: tuple[str, ...] | list[str]) -> None:
+        """Mark a request's cached pages as used, its first page the most recent.
+
+        A page is only reachable through the pages before it (prefix matching), so the tail of
+        a chain must be evicted before its head: evicting a head first would strand the pages
+        after it (SGLang's radix tree evicts leaves for the same reason).
+        """
+        for page_hash in reversed(page_hashes):
+            if page_hash in self._entries:
+                self._entries.move_to_end(page_hash)
+
     def remove(self, page_hash: str) -> PageEntry:
         return self._entries.pop(page_hash)
 
