@@ -193,3 +193,14 @@ def test_dp_ranks_each_have_their_own_tiers(tmp_path: Path) -> None:
         assert all(rk.controller.attached for rk in n.ranks)
     finally:
         n.close()
+
+
+def test_touch_chain_evicts_a_chain_from_its_tail() -> None:
+    """A request's first page becomes the most recent: its tail goes first, never its head."""
+    from hicache_core.node.tiers import TierIndex
+
+    index = TierIndex("L2", capacity=8)
+    for slot, h in enumerate(("a", "b", "c", "x")):
+        index.add(h, slot)
+    index.touch_chain(("a", "b", "c"))
+    assert [h for h, _ in index.evictable(4)] == ["x", "c", "b", "a"]
