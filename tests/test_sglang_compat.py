@@ -19,6 +19,7 @@ import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -528,12 +529,19 @@ def _attach(url: str, style: Style, root: Path) -> httpx.Response:
     return httpx.put(url + "/hicache/storage-backend", json=body, headers=_auth(), timeout=60)
 
 
+# How each backend names what it stores for the node's model ("tiny", or "tiny-mla"), rank 0 of 1.
+STORED_NAMES = {FILE.module: "*_tiny_0_1.bin", ZERO_COPY.module: "*_0_[kv]",
+                BASE_RELIANT.module: "tiny/*.0of1", FLAT_PAGE.module: "%_tiny-mla"}
+
+
 def _stored_items(style: Style, root: Path) -> int:
+    """Pages (or K/V pieces) the backend stored, found under its own naming scheme."""
     where = Path(style.extra(root)[style.store_key])
+    pattern = STORED_NAMES[style.module]
     if style.store_is_file:
-        with sqlite3.connect(where) as db:
-            return int(db.execute("SELECT COUNT(*) FROM pages").fetchone()[0])
-    return sum(1 for p in where.rglob("*") if p.is_file() and not p.name.startswith("."))
+        with closing(sqlite3.connect(where)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM pages WHERE key LIKE ?", (pattern,)).fetchone()[0])
+    return sum(1 for p in where.glob(pattern) if p.is_file())
 
 
 NODE_CASES = [  # (style, host pool layout, MLA model)
@@ -563,7 +571,11 @@ def test_node_serves_style_backend_across_a_restart(style: Style, layout: str, m
             view = httpx.get(n.url + "/hicache/storage-backend", headers=_auth()).json()
             assert view["hicache_storage_backend"] == "dynamic"
             assert json.loads(view["hicache_storage_backend_extra_config_json"])["class_name"] == style.class_name
-            result = replay(HttpTarget(n.url), trace_slice, concurrency=2, progress=False)
+            target = HttpTarget(n.url)
+            try:
+                result = replay(target, trace_slice, concurrency=2, progress=False)
+            finally:
+                target.close()
             summaries.append(result.summary())
             status = httpx.get(n.url + "/hicache/status").json()
             assert status["storage_state"] == "attached", n.log_tail()
