@@ -31,6 +31,8 @@ from _node_helpers import child_env
 
 from hicache_core import (
     BackendLoadError,
+    BackendRegistry,
+    BackendSpec,
     HiCacheStorage,
     HiCacheStorageConfig,
     HiCacheStorageExtraInfo,
@@ -421,6 +423,28 @@ def test_style_backend_pages_survive_reopen(style: Style, tmp_path: Path) -> Non
     assert second.batch_get_v1(keys, dest) == [True, True]
     assert [float(pool2.read_page(p)[0]) for p in pool2.indices_to_pages(dest)] == [5.0, 6.0]
     second.close()
+
+
+@pytest.mark.parametrize(("style", "native_v1"), [(FLAT_PAGE, True), (BASE_RELIANT, False), (ZERO_COPY, True)],
+                         ids=lambda v: getattr(v, "module", str(v)))
+def test_sglang_class_as_an_installed_plugin(clean_imports: None, style: Style, native_v1: bool, tmp_path: Path,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """The same classes behind a plugin's entry point (no interface_v1 key): the shim serves
+    their sglang imports, and their own v1 methods are used when they define them."""
+    registry = BackendRegistry(entry_points_override=[], environ={})
+    registry.register(BackendSpec(name="sgstyle", target=f"sglang_style.{style.module}:{style.class_name}"))
+    extra = {k: v for k, v in style.extra(tmp_path).items() if k not in ("backend_name", "module_path",
+                                                                         "class_name", "interface_v1")}
+    pool = HostKVPool(size=64, page_size=4, layer_num=1, head_num=2, head_dim=4)
+    with caplog.at_level(logging.ERROR):
+        backend = create_backend("sgstyle", HiCacheStorageConfig(model_name="m", extra_config=extra),
+                                 mem_pool_host=pool, registry=registry)
+        assert isinstance(backend, DuckTypedBackend) and backend.capabilities.zero_copy_v1 is native_v1
+        idx = pool.alloc(8)
+        assert idx is not None
+        assert backend.batch_set_v1(["a", "b"], idx) == [True, True]
+        assert backend.batch_get_v1(["b", "zz"], idx) == [True, False]
+    assert not any("generic get/set path" in r.getMessage() for r in caplog.records), "no None ever met"
 
 
 def test_base_v1_none_is_never_returned(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -42,21 +42,32 @@ def _info(extra_info: HiCacheStorageExtraInfo | None) -> HiCacheStorageExtraInfo
     return extra_info if extra_info is not None else HiCacheStorageExtraInfo()
 
 
-def implements(obj: Any, name: str) -> bool:
-    """True when ``obj`` has a callable ``name`` of its own.
+def defines_own(cls: type, name: str) -> bool:
+    """True when class ``cls`` has a callable ``name`` not inherited from a base's default.
 
-    Not when it is inherited from hicache's ABC (which raises) or from SGLang's own base class
-    (whose defaults do nothing).
+    The defaults are hicache's ABC's (which raise or go through the generic path) and SGLang's
+    base class's, real or shimmed (which do nothing or return None).
     """
+    fn = getattr(cls, name, None)
+    if not callable(fn):
+        return False
+    if fn is getattr(HiCacheStorage, name, None):
+        return False
+    qualname = getattr(fn, "__qualname__", "")
+    module = getattr(fn, "__module__", "") or ""
+    from_sglang_base = qualname == f"HiCacheStorage.{name}" and (
+        module.startswith("sglang.") or module == "hicache_core.compat.sglang_api"
+    )
+    return not from_sglang_base
+
+
+def implements(obj: Any, name: str) -> bool:
+    """True when ``obj`` has a callable ``name`` of its own (see ``defines_own``)."""
     if not callable(getattr(obj, name, None)):
         return False
-    own = getattr(type(obj), name, None)
-    if own is None:
+    if getattr(type(obj), name, None) is None:
         return True  # set on the instance
-    if own is getattr(HiCacheStorage, name, None):
-        return False
-    module = getattr(own, "__module__", "") or ""
-    return not (module.startswith("sglang.") and getattr(own, "__qualname__", "") == f"HiCacheStorage.{name}")
+    return defines_own(type(obj), name)
 
 
 class DuckTypedBackend(HiCacheStorage):

@@ -7,8 +7,9 @@ import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from hicache_core.compat import sglang_shim
 from hicache_core.compat.sglang_api import is_sglang_shaped
-from hicache_core.plugins.adapter import DuckTypedBackend, missing_methods
+from hicache_core.plugins.adapter import V1_METHODS, DuckTypedBackend, defines_own, missing_methods
 from hicache_core.plugins.dynamic import DYNAMIC_KEYS, load_dynamic_class
 from hicache_core.plugins.registry import DYNAMIC, BackendRegistry, default_registry
 from hicache_core.spec.config import HiCacheStorageConfig
@@ -58,7 +59,28 @@ def resolve_backend_class(
         cls, target = load_dynamic_class(dict(extra_config or {}))
         return cls, target.backend_name, target.interface_v1
     reg = registry or default_registry()
+    try:
+        return reg.load_class(name), name, None
+    except BackendLoadError as exc:
+        # A plugin whose store module imports SGLang's base class: serve it from the shim too.
+        missing = sglang_shim.missing_sglang_module(exc)
+        if missing is None or not sglang_shim.install(reason=f"backend {name!r} imports {missing}"):
+            raise
     return reg.load_class(name), name, None
+
+
+def _adapted_v1(cls: type, name: str, interface_v1: bool | None, registry: BackendRegistry | None) -> bool:
+    """Whether an adapted backend's own ``batch_*_v1`` serve the zero-copy calls.
+
+    Dynamic backends say so with ``interface_v1``; installed ones through their spec's
+    capabilities, or else by defining both methods themselves (not inheriting a base's).
+    """
+    if interface_v1 is not None:
+        return interface_v1
+    spec_caps = (registry or default_registry()).spec(name).capabilities
+    if spec_caps is not None:
+        return spec_caps.zero_copy_v1
+    return all(defines_own(cls, m) for m in V1_METHODS)
 
 
 def _instantiate(cls: type, config: HiCacheStorageConfig, name: str) -> Any:
@@ -144,7 +166,7 @@ def create_backend(
     if isinstance(instance, HiCacheStorage) and not is_sglang_shaped(cls):
         backend = instance
     else:
-        backend = DuckTypedBackend(instance, config, bool(interface_v1), display)
+        backend = DuckTypedBackend(instance, config, _adapted_v1(cls, name, interface_v1, registry), display)
     if mem_pool_host is not None:
         try:
             backend.register_mem_pool_host(mem_pool_host)
