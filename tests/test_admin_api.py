@@ -206,3 +206,25 @@ def rank_req():  # type: ignore[no-untyped-def]
     from hicache_core.node import request_from_token_ids
 
     return request_from_token_ids(list(range(64)), 16)
+
+
+def test_key_is_checked_before_the_body(node_url: str) -> None:
+    """As in SGLang, a caller without the key gets 401 whatever it sends, never a 422."""
+    for headers in ({}, auth("wrong")):
+        r = httpx.put(node_url + "/hicache/storage-backend", json={"nonsense": 1}, headers=headers, timeout=30)
+        assert r.status_code == 401
+    r = httpx.put(node_url + "/hicache/storage-backend", json={"nonsense": 1}, headers=auth(), timeout=30)
+    assert r.status_code == 422
+
+
+def test_sglang_older_routes(node_url: str, tmp_path: Path) -> None:
+    """SGLang 0.5's earlier admin routes reach the same handlers, behind the same key."""
+    assert httpx.get(node_url + "/hicache_storage_backend", timeout=30).status_code == 401
+    r = httpx.post(node_url + "/attach_hicache_storage_backend", headers=auth(), timeout=60,
+                   json=dyn(tmp_path / "old-route"))
+    assert r.status_code == 200 and r.json()["success"] is True, r.text
+    view = httpx.get(node_url + "/hicache_storage_backend", headers=auth(), timeout=30).json()
+    assert view["hicache_storage_backend"] == "dynamic"
+    r = httpx.post(node_url + "/detach_hicache_storage_backend", headers=auth(), timeout=60)
+    assert r.status_code == 200 and r.json()["success"] is True
+    assert httpx.get(node_url + "/hicache/storage-backend", headers=auth(), timeout=30).json()["hicache_storage_backend"] is None

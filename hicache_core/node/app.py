@@ -1,6 +1,7 @@
 """The node's HTTP API (FastAPI): requests, SGLang's storage admin API, health, metrics, status.
 
-Admin endpoints follow SGLang (``PUT``/``DELETE``/``GET /hicache/storage-backend``): with no
+Admin endpoints follow SGLang (``PUT``/``DELETE``/``GET /hicache/storage-backend``, and the
+routes of its earlier 0.5.x releases; the key is checked before the body is read): with no
 admin key configured they answer 400 (they refuse to run unprotected), a missing or wrong
 ``Authorization: Bearer`` key answers 401, keys are compared in constant time; success is
 200 ``{success, message}``, a refused or failed operation 400 with the reason in ``message``.
@@ -32,6 +33,15 @@ ADMIN_KEY_MISSING = (
     "This endpoint requires admin API key, but this server was started "
     "without one (admin-api-key). Restart with --admin-api-key to enable."
 )
+
+
+#: The admin endpoints: SGLang's routes, and the routes of its earlier 0.5.x releases.
+ADMIN_PATHS = frozenset({
+    "/hicache/storage-backend",
+    "/attach_hicache_storage_backend",
+    "/detach_hicache_storage_backend",
+    "/hicache_storage_backend",
+})
 
 
 class AttachBody(BaseModel):
@@ -95,6 +105,16 @@ def create_app(node: Node, admin_api_key: str | None = None, close_node: bool = 
             return JSONResponse({"error": "Unauthorized"}, status_code=401)
         return None
 
+    @app.middleware("http")
+    async def admin_auth_first(request: Request, call_next: Any) -> Any:
+        # SGLang checks the key before it reads the body: an unauthorised caller learns nothing
+        # about the body's schema (a 401, never a 422).
+        if request.url.path in ADMIN_PATHS:
+            denied = admin_denied(request)
+            if denied is not None:
+                return denied
+        return await call_next(request)
+
     @app.get("/health")
     def health() -> dict[str, Any]:
         # Lock-free: health must answer while an attach or detach is in progress.
@@ -117,10 +137,8 @@ def create_app(node: Node, admin_api_key: str | None = None, close_node: bool = 
         return JSONResponse(node.process(req).to_dict())
 
     @app.put("/hicache/storage-backend")
+    @app.post("/attach_hicache_storage_backend", include_in_schema=False)  # SGLang's older route
     def attach(body: AttachBody, request: Request) -> JSONResponse:
-        denied = admin_denied(request)
-        if denied is not None:
-            return denied
         try:
             extra = parse_extra_config(body.hicache_storage_backend_extra_config_json)
         except ValueError as exc:
@@ -136,20 +154,16 @@ def create_app(node: Node, admin_api_key: str | None = None, close_node: bool = 
         return _result(True, msg)
 
     @app.delete("/hicache/storage-backend")
-    def detach(request: Request) -> JSONResponse:
-        denied = admin_denied(request)
-        if denied is not None:
-            return denied
+    @app.post("/detach_hicache_storage_backend", include_in_schema=False)  # SGLang's older route
+    def detach() -> JSONResponse:
         try:
             return _result(True, node.detach())
         except (ControllerError, HiCacheError) as exc:
             return _result(False, str(exc))
 
     @app.get("/hicache/storage-backend")
-    def backend_view(request: Request) -> JSONResponse:
-        denied = admin_denied(request)
-        if denied is not None:
-            return denied
+    @app.get("/hicache_storage_backend", include_in_schema=False)  # SGLang's older route
+    def backend_view() -> JSONResponse:
         return JSONResponse(node.backend_view())
 
     return app
