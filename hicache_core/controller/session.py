@@ -349,7 +349,10 @@ class Session:
 
             t0 = time.perf_counter()
             out = self.guard.call(
-                "batch_set_v1", self.backend.batch_set_v1, batch, idx, None,
+                # As SGLang does: the keys before this batch, so chain-aware stores (hf3fs'
+                # tail-first eviction) know each page's prefix.
+                "batch_set_v1", self.backend.batch_set_v1, batch, idx,
+                HiCacheStorageExtraInfo(prefix_keys=list(job.keys[:start])),
                 check=check_bool_list(end - start), on_late=_late,
             )
             elapsed = time.perf_counter() - t0
