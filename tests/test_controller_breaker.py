@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -167,3 +169,45 @@ def test_timeouts_are_counted_and_never_hang_requests(tmp_path: Path) -> None:
 def test_breaker_threshold_must_be_positive(threshold: int) -> None:
     with pytest.raises(ValueError, match="breaker_threshold"):
         make_controller(make_pool(pages=4), breaker_threshold=threshold)
+
+
+_HUNG_BACKEND_SCRIPT = """
+import threading
+from hicache_core import BackendRegistry, BackendSpec, HiCacheStorage, HostKVPool
+from hicache_core.controller import StorageController
+
+class NeverReturns(HiCacheStorage):
+    def __init__(self, config):
+        super().__init__(config)
+        if config.extra().get("hang_ctor"):
+            threading.Event().wait()
+    def get(self, key, target_location=None, target_sizes=None): return None
+    def set(self, key, value=None, target_location=None, target_sizes=None): return True
+    def exists(self, key): threading.Event().wait()
+
+reg = BackendRegistry(entry_points_override=[])
+reg.register(BackendSpec(name="never", target="__main__:NeverReturns"))
+ctl = StorageController(HostKVPool(64, 4, 2, 2, 8), registry=reg, io_timeout_s=0.2,
+                        quiesce_timeout_s=0.2, attach_timeout_s=0.2)
+try:
+    ctl.attach("never", {"hang_ctor": True})
+except Exception as exc:
+    print("attach refused:", type(exc).__name__)
+ctl.attach("never", {"prefetch_threshold": 0}, prefetch_policy="wait_complete")
+print("prefetch:", ctl.prefetch(["a" * 64] * 4).wait().reason)
+ctl.close()
+print("closed")
+"""
+
+
+def test_process_exits_despite_a_backend_call_that_never_returns(tmp_path: Path) -> None:
+    """A timed-out call (and a timed-out constructor) must not keep the interpreter from exiting."""
+    script = tmp_path / "hung.py"
+    script.write_text(_HUNG_BACKEND_SCRIPT)
+    try:
+        out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process did not exit: a hung backend call holds it (non-daemon I/O thread)")
+    assert out.returncode == 0, out.stderr
+    assert "attach refused: ControllerError" in out.stdout
+    assert "io_timeout_s" in out.stdout and "closed" in out.stdout

@@ -16,7 +16,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry
 
 from hicache_core.controller.errors import ControllerError
 from hicache_core.controller.faults import FaultInjectingStorage, parse_fault_config, strip_fault_key
+from hicache_core.controller.guard import DaemonPool
 from hicache_core.controller.metrics import ControllerMetrics
 from hicache_core.controller.policies import (
     DEFAULT_PREFETCH_POLICY,
@@ -470,9 +471,9 @@ class StorageController:
 
     def _bounded(self, what: str, fn: Callable[[], T], cleanup: Callable[[T], None]) -> T:
         """Run ``fn`` within ``attach_timeout_s``; a late result is handed to ``cleanup``."""
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"hicache-attach-r{self.rank}")
+        pool = DaemonPool(1, f"hicache-attach-r{self.rank}")  # a hung call must not block exit
         fut: Future[T] = pool.submit(fn)
-        pool.shutdown(wait=False)
+        pool.shutdown(cancel_queued=False)
         try:
             return fut.result(timeout=self.attach_timeout_s)
         except FutureTimeout:

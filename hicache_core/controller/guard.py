@@ -7,14 +7,19 @@ the circuit breaker) and the caller gets ``CallOutcome(ok=False)``.
 Memory safety: a call that timed out may still be reading or writing host-pool pages. The
 caller passes ``on_late``; it runs when that call finally returns, and is where the pages
 are freed or handed back. Nothing is released while a backend may still touch it.
+
+Calls run on daemon threads (``DaemonPool``), not a ``ThreadPoolExecutor``: the interpreter
+joins an executor's threads at exit, so one backend call that never returns would keep the
+process from ever exiting, which is exactly the hang the timeout is there to contain.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
@@ -33,13 +38,73 @@ class CallOutcome:
     detail: str = ""
 
 
+_Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...]]
+
+
+class DaemonPool:
+    """A fixed pool of daemon threads running submitted calls; see the module docstring."""
+
+    def __init__(self, workers: int, thread_name: str) -> None:
+        self._queue: queue.SimpleQueue[_Work | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._shut = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"{thread_name}_{i}", daemon=True) for i in range(workers)
+        ]
+        for t in self._threads:
+            t.start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        """Queue ``fn(*args)``; raises RuntimeError after ``shutdown``."""
+        fut: Future[Any] = Future()
+        with self._lock:
+            if self._shut:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            self._queue.put((fut, fn, args))
+        return fut
+
+    def shutdown(self, cancel_queued: bool = True) -> None:
+        """Refuse new calls and let the threads end once idle; running calls finish on their own.
+
+        Queued calls are cancelled, or with ``cancel_queued=False`` still run first.
+        """
+        with self._lock:
+            if self._shut:
+                return
+            self._shut = True
+        while cancel_queued:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is not None:
+                item[0].cancel()
+        for _ in self._threads:  # after any queued call: the queue is first in, first out
+            self._queue.put(None)
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fut, fn, args = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # handed to the caller through the future
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+
 class GuardedBackend:
     """Runs calls on a small I/O pool with ``io_timeout_s`` each; see the module docstring."""
 
     def __init__(self, io_timeout_s: float, report: Report, thread_name: str, workers: int = 4) -> None:
         self.io_timeout_s = io_timeout_s
         self._report = report
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=thread_name)
+        self._executor = DaemonPool(workers, thread_name)
         self._closed = threading.Event()
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -101,7 +166,7 @@ class GuardedBackend:
     def shutdown(self) -> None:
         """Refuse new calls; queued ones are cancelled, running ones finish on their own."""
         self._closed.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor.shutdown()
 
 
 def _late(fut: Future[Any], on_late: Callable[[Any], None]) -> None:
