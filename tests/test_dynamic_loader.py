@@ -54,6 +54,8 @@ class Store:
         return key in self.pages
     def batch_exists(self, keys, extra_info=None):
         return [k in self.pages for k in keys]   # a per-key list, as some backends answer
+    def close(self):
+        CALLS.append(("close",))
 
 class NoneV1(Store):
     '''Claims interface_v1 but inherits SGLang's base behaviour: the v1 calls return None.'''
@@ -227,6 +229,8 @@ def test_interface_v1_without_v1_methods_is_refused(module: Callable[[str], str]
     mod = module(SGLANG_STYLE)
     with pytest.raises(BackendLoadError, match="interface_v1 is set but Store lacks batch_get_v1"):
         create_backend("dynamic", dynamic(mod, "Store", interface_v1=1))
+    # The instance was built before it was refused: it is closed, not leaked.
+    assert sys.modules[mod].CALLS[-1] == ("close",)
 
 
 # ---------------------------------------------------------------------- allowlist

@@ -166,14 +166,26 @@ def create_backend(
     if isinstance(instance, HiCacheStorage) and not is_sglang_shaped(cls):
         backend = instance
     else:
-        backend = DuckTypedBackend(instance, config, _adapted_v1(cls, name, interface_v1, registry), display)
+        try:
+            backend = DuckTypedBackend(instance, config, _adapted_v1(cls, name, interface_v1, registry), display)
+        except Exception:
+            _close_quietly(instance)  # refused after it was built: it may hold connections
+            raise
     if mem_pool_host is not None:
         try:
             backend.register_mem_pool_host(mem_pool_host)
         except Exception:
-            try:
-                backend.close()
-            except Exception:
-                log.debug("close after failed registration raised", exc_info=True)
+            _close_quietly(backend)
             raise
     return backend
+
+
+def _close_quietly(backend: Any) -> None:
+    """Close a backend being given up on; its close failing must not hide why."""
+    close = getattr(backend, "close", None)
+    if not callable(close):
+        return
+    try:
+        close()
+    except Exception:
+        log.debug("closing a refused backend raised", exc_info=True)
