@@ -106,13 +106,6 @@ class GuardedBackend:
         self._report = report
         self._executor = DaemonPool(workers, thread_name)
         self._closed = threading.Event()
-        self._in_flight = 0
-        self._lock = threading.Lock()
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return self._in_flight
 
     def call(
         self,
@@ -130,7 +123,7 @@ class GuardedBackend:
         if self._closed.is_set():
             return CallOutcome(False, kind="shutdown", detail="backend is being detached")
         try:
-            fut: Future[Any] = self._executor.submit(self._run, fn, args)
+            fut: Future[Any] = self._executor.submit(fn, *args)
         except RuntimeError:  # executor shut down between the check and the submit
             return CallOutcome(False, kind="shutdown", detail="backend is being detached")
         try:
@@ -147,15 +140,6 @@ class GuardedBackend:
         if report:
             self._report(op, None, "")
         return CallOutcome(True, value)
-
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        with self._lock:
-            self._in_flight += 1
-        try:
-            return fn(*args)
-        finally:
-            with self._lock:
-                self._in_flight -= 1
 
     def _fail(self, op: str, kind: str, detail: str, report: bool) -> CallOutcome:
         log.debug("backend call failed: %s", detail)
