@@ -176,6 +176,35 @@ def test_default_v1_round_trip_and_wrong_size_page_is_a_miss() -> None:
     assert torch.equal(pool.read_page(pool.indices_to_pages(dest)[0]), pool.read_page(pool.indices_to_pages(idx)[0]))
 
 
+class CountingStore(MemStore):
+    """``batch_get`` answers as SGLang's Mooncake store: the count of leading pages read."""
+
+    def batch_get(self, keys: list[str], target_locations: Any = None, target_sizes: Any = None) -> Any:
+        count = 0
+        for key, target in zip(keys, target_locations):
+            if self.get(key, target) is None:
+                break
+            count += 1
+        return count
+
+
+def test_default_v1_takes_a_count_from_batch_get_as_leading_hits() -> None:
+    store = CountingStore()
+    pool = HostKVPool(size=32, page_size=4, layer_num=1, head_num=2, head_dim=4, dtype=torch.float32)
+    store.register_mem_pool_host(pool)
+    idx = pool.alloc(8)
+    assert idx is not None
+    for n, p in enumerate(pool.indices_to_pages(idx)):
+        pool.write_page(p, torch.full((pool.page_bytes // 4,), float(n + 7)))
+    assert store.batch_set_v1(["a", "b"], idx) == [True, True]
+    dest = pool.alloc(12)
+    assert dest is not None
+    assert store.batch_get_v1(["a", "b", "missing"], dest) == [True, True, False]
+    src_pages, dest_pages = pool.indices_to_pages(idx), pool.indices_to_pages(dest)
+    for s, d in zip(src_pages, dest_pages):
+        assert torch.equal(pool.read_page(d), pool.read_page(s))
+
+
 def test_sglang_constructor_form_is_accepted_by_the_base() -> None:
     config = HiCacheStorageConfig(model_name="m")
     store = MemStore(config)

@@ -168,7 +168,10 @@ class HiCacheStorage(ABC):
         pool = self._pool_for_v1(keys, host_indices)
         pages = pool.indices_to_pages(host_indices)
         targets = [pool.get_dummy_flat_data_page() for _ in keys]
-        values = self.batch_get(list(keys), target_locations=targets)
+        values: Any = self.batch_get(list(keys), target_locations=targets)
+        if isinstance(values, int) and not isinstance(values, bool):
+            # SGLang-style answer: how many leading pages it read into the staging targets.
+            values = [t if i < values else None for i, t in enumerate(targets)]
         return _copy_into_pool(pool, pages, values, len(keys))
 
     def batch_set_v1(
@@ -208,16 +211,9 @@ class HiCacheStorage(ABC):
 def _copy_into_pool(
     pool: HostKVPool, pages: list[int], values: Any, count: int
 ) -> list[bool]:
-    """Copy staged pages into the pool; one bool per page.
-
-    Tolerates the shapes SGLang backends return from ``batch_get``: a list with None for
-    misses, or an int counting the leading hits (the staging tensors then hold the data).
-    """
+    """Copy staged pages into the pool; one bool per page (``values``: None for misses)."""
     if values is None:
         return [False] * count
-    if isinstance(values, int):
-        log.debug("batch_get returned a count (%d); treating it as leading hits", values)
-        return [False] * count  # no data to trust without the tensors themselves
     results: list[bool] = []
     for i, page in enumerate(pages):
         value = values[i] if i < len(values) else None
