@@ -97,3 +97,22 @@ def test_idle_mode_checks_every_rank_first(tmp_path: Path) -> None:
         assert group.attached
     finally:
         group.close()
+
+
+def test_rollback_restores_the_knobs_in_force_not_the_first_attach(
+    ranks: list[StorageController], tmp_path: Path
+) -> None:
+    group = ControllerGroup(ranks)
+    group.attach("dirstore", {"root": str(tmp_path / "old"), "prefetch_threshold": 0})
+    group.attach("dirstore", {"root": str(tmp_path / "old"), "prefetch_threshold": 512})  # knobs only
+    bad = make_controller(make_pool("layer_first", pages=64), rank=2)
+    bad.attach("dirstore", {"root": str(tmp_path / "old"), "prefetch_threshold": 512})
+    ranks[2].close()
+    ranks[2] = bad
+    group = ControllerGroup(ranks)
+    with pytest.raises(ControllerError):
+        group.attach("pagestore", {"root": str(tmp_path / "new")}, replace=True)
+    for c in ranks:
+        st = c.status()
+        assert st["backend"] == "dirstore" and st["policies"]["prefetch_threshold"] == 512
+        assert st["extra_config"]["prefetch_threshold"] == 512

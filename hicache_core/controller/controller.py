@@ -233,7 +233,7 @@ class StorageController:
             spec = self._make_spec(backend, extra_config)
             current = self._session
             if current is not None and current.spec.same_backend(spec):
-                current.knobs = spec.knobs
+                current.spec, current.knobs = spec, spec.knobs  # the session says what is in force
                 self._spec = spec
                 self._prefetch_policy, self._write_policy = new_prefetch, new_write
                 return (
