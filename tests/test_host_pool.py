@@ -133,6 +133,20 @@ def test_index_page_conversions() -> None:
         pool.indices_to_pages(torch.arange(PAGE + 1))
 
 
+@pytest.mark.parametrize(("layout", "mla"), CASES, ids=IDS)
+def test_indices_outside_the_pool_are_refused(layout: str, mla: bool) -> None:
+    """Pointers of such a page would lie outside kv_buffer; freed, alloc would hand it out."""
+    pool = make(layout, mla)
+    for bad in (torch.arange(PAGES * PAGE, (PAGES + 1) * PAGE), torch.arange(-PAGE, 0)):
+        with pytest.raises(ValueError, match="outside this pool"):
+            pool.get_page_buffer_meta(bad)
+        with pytest.raises(ValueError, match="outside this pool"):
+            pool.free(bad)
+    with pytest.raises(ValueError, match="outside this pool"):
+        pool.page_pieces(PAGES)
+    assert pool.available_size() == PAGES * PAGE
+
+
 def test_alloc_is_thread_safe() -> None:
     pool = HostKVPool(size=400 * 2, page_size=2, layer_num=1, head_num=1, head_dim=2, dtype=torch.float32)
     got: list[list[int]] = []

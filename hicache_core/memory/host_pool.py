@@ -233,6 +233,13 @@ class HostKVPool:
         firsts = idx[:: self.page_size]
         if bool((firsts % self.page_size).any()):
             raise ValueError("host indices are not page aligned")
+        # Out of range, a page's pointers would lie outside kv_buffer (zero-copy backends write
+        # there), and a freed one would be handed out by alloc().
+        if firsts.numel() and (int(firsts.min()) < 0 or int(firsts.max()) >= self.size):
+            raise ValueError(
+                f"host indices {int(firsts.min())}..{int(firsts.max())} are outside this pool's "
+                f"{self.size} token slots; pass indices that alloc() returned"
+            )
         return [int(i) // self.page_size for i in firsts.tolist()]
 
     # ------------------------------------------------------------------ page access
@@ -319,6 +326,8 @@ class HostKVPool:
 
     def page_pieces(self, page: int) -> list[PagePiece]:
         """The contiguous pieces of page number ``page`` (see ``get_page_buffer_meta``)."""
+        if not 0 <= page < self.page_num:
+            raise ValueError(f"page {page} is outside this pool's pages 0..{self.page_num - 1}")
         base = self.kv_buffer.data_ptr()
         it, L, H, D, P = self.itemsize, self.layer_num, self.head_num, self.head_dim, self.page_size
         token = page * P
