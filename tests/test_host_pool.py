@@ -147,6 +147,21 @@ def test_indices_outside_the_pool_are_refused(layout: str, mla: bool) -> None:
     assert pool.available_size() == PAGES * PAGE
 
 
+def test_a_page_freed_twice_is_refused_and_never_handed_out_twice() -> None:
+    pool = make("page_first", False)
+    a = pool.alloc(2 * PAGE)
+    assert a is not None
+    pool.free(a[:PAGE])
+    with pytest.raises(ValueError, match="freed twice"):
+        pool.free(a)  # its first page is free already
+    with pytest.raises(ValueError, match="freed twice"):
+        pool.free(torch.cat([a[PAGE:], a[PAGE:]]))  # the same page twice in one call
+    assert pool.available_size() == (PAGES - 1) * PAGE, "a refused free frees nothing"
+    pool.free(a[PAGE:])
+    everything = pool.alloc(PAGES * PAGE)
+    assert everything is not None and len(set(pool.indices_to_pages(everything))) == PAGES
+
+
 def test_alloc_is_thread_safe() -> None:
     pool = HostKVPool(size=400 * 2, page_size=2, layer_num=1, head_num=1, head_dim=2, dtype=torch.float32)
     got: list[list[int]] = []

@@ -113,6 +113,7 @@ class HostKVPool:
         self.size_per_token = self.get_size_per_token()
         self._lock = threading.Lock()
         self._free_pages: list[int] = list(range(self.page_num - 1, -1, -1))
+        self._free_set: set[int] = set(self._free_pages)  # to refuse a page freed twice
 
     # ------------------------------------------------------------------ shape and sizes
     def _buffer_shape(self) -> tuple[int, ...]:
@@ -209,13 +210,29 @@ class HostKVPool:
             if pages > len(self._free_pages):
                 return None
             taken = [self._free_pages.pop() for _ in range(pages)]
+            self._free_set.difference_update(taken)
         return self.pages_to_indices(taken)
 
     def free(self, indices: torch.Tensor) -> int:
-        """Return the pages behind ``indices`` to the pool; returns the token slots freed."""
+        """Return the pages behind ``indices`` to the pool; returns the token slots freed.
+
+        Freeing a page that is already free raises ``ValueError`` and frees nothing: the pool
+        would otherwise hand that page to two owners, whose bytes would then overwrite each other.
+        """
         pages = self.indices_to_pages(indices)
         with self._lock:
+            seen: set[int] = set()
+            twice: list[int] = []
+            for p in pages:
+                if p in self._free_set or p in seen:
+                    twice.append(p)
+                seen.add(p)
+            if twice:
+                raise ValueError(
+                    f"host page(s) {twice[:8]} freed twice; free only what alloc() returned, once"
+                )
             self._free_pages.extend(pages)
+            self._free_set.update(pages)
         return len(pages) * self.page_size
 
     def pages_to_indices(self, pages: Sequence[int]) -> torch.Tensor:
