@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from _controller_backends import (
     batches,  # noqa: F401  (fixture)
     check_pages,
@@ -332,6 +333,24 @@ def test_backup_bad_indices_is_a_miss_not_an_exception(ctl: StorageController, p
     got: list[list[bool]] = []
     assert ctl.backup(hashes(2), pool.pages_to_indices([0]), got.append) is False
     assert got == [[False, False]]
+
+
+
+@pytest.mark.parametrize("shift", [1, 10**6], ids=["misaligned", "outside-the-pool"])
+def test_backup_bad_indices_never_count_against_the_backend(
+    pool: HostKVPool, tmp_path: Path, shift: int
+) -> None:
+    """A caller's bug is refused before the queue: the breaker must not detach a healthy backend."""
+    ctl = make_controller(pool, breaker_threshold=2, auto_reattach=False)
+    try:
+        ctl.attach("dirstore", {"root": str(tmp_path / "l3")})
+        for _ in range(3):
+            got: list[list[bool]] = []
+            assert ctl.backup(hashes(2), torch.arange(2 * pool.page_size) + shift, got.append) is False
+            assert got == [[False, False]]
+        assert ctl.state == "attached" and ctl.status()["breaker"]["consecutive_failures"] == 0
+    finally:
+        ctl.close()
 
 
 def test_mla_non_writer_rank_skips_writes(pool: HostKVPool, tmp_path: Path) -> None:

@@ -418,6 +418,12 @@ class StorageController:
                 )
                 done([False] * n)
                 return False
+            try:  # a caller's bad indices must not count as backend failures (the breaker)
+                self.host_pool.indices_to_pages(idx)
+            except ValueError as exc:
+                log.error("backup(): %s; not queued", exc)
+                done([False] * n)
+                return False
             if n == 0:
                 done([])
                 return True
