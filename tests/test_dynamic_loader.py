@@ -92,6 +92,15 @@ class NativeV1(Store):
             self.set(k, self.pool.get_data_page(int(host_indices[i * self.pool.page_size])))
         return [True] * len(keys)
 
+class OldExists(Store):
+    def batch_exists(self, keys):        # written before extra_info existed
+        return sum(1 for _ in keys)
+
+class BuggyExists(Store):
+    def batch_exists(self, keys, extra_info=None):
+        CALLS.append(("batch_exists", extra_info))
+        return len(extra_info)            # a bug in the backend: TypeError
+
 class ConfigOnly:
     def __init__(self, storage_config):
         self.config = storage_config
@@ -294,6 +303,16 @@ def test_generic_path_serves_v1_and_batch_exists_list(module: Callable[[str], st
     assert backend.batch_get_v1(["a", "x", "c"], dest) == [True, False, True]
     read = [pool.read_page(p) for p in pool.indices_to_pages(dest)]
     assert torch.equal(read[0], pages[0]) and torch.equal(read[2], pages[2])
+
+
+def test_batch_exists_with_or_without_extra_info_is_called_once(module: Callable[[str], str]) -> None:
+    mod = module(SGLANG_STYLE)
+    assert create_backend("dynamic", dynamic(mod, "OldExists")).batch_exists(["a", "b"]) == 2
+    buggy = create_backend("dynamic", dynamic(mod, "BuggyExists"))
+    with pytest.raises(TypeError):  # the backend's own error surfaces (the guard counts it)
+        buggy.batch_exists(["a", "b"])
+    calls = [c for c in sys.modules[mod].CALLS if c[0] == "batch_exists"]
+    assert len(calls) == 1 and calls[0][1] is not None, "called once, always with an extra_info"
 
 
 @pytest.mark.parametrize("cls", ["NoneV1", "ShortV1"])

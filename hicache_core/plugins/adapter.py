@@ -7,6 +7,7 @@ where lists are promised, a working v1 path whether or not the backend has one.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,17 @@ def _mentions_layout(exc: BaseException) -> bool:
 def _info(extra_info: HiCacheStorageExtraInfo | None) -> HiCacheStorageExtraInfo:
     """SGLang always passes an ``extra_info`` object (its fields may be None); never hand None on."""
     return extra_info if extra_info is not None else HiCacheStorageExtraInfo()
+
+
+def _accepts(fn: Any, *args: Any) -> bool:
+    """Whether ``fn``'s signature takes ``args`` (True when it has none to read)."""
+    try:
+        inspect.signature(fn).bind(*args)
+    except TypeError:
+        return False
+    except ValueError:
+        return True
+    return True
 
 
 def defines_own(cls: type, name: str) -> bool:
@@ -217,10 +229,9 @@ class DuckTypedBackend(HiCacheStorage):
         fn = getattr(self.inner, "batch_exists", None)
         if not callable(fn):
             return super().batch_exists(keys, extra_info)
-        try:
-            result = fn(keys, _info(extra_info))
-        except TypeError:  # older signature without extra_info
-            result = fn(keys)
+        # Older backends take no extra_info. Ask the signature, not a TypeError, which could
+        # come from inside the backend: retrying would hide that bug and call it twice.
+        result = fn(keys, _info(extra_info)) if _accepts(fn, keys, extra_info) else fn(keys)
         if isinstance(result, list):  # per-key answer: count the leading hits
             count = 0
             for hit in result:
