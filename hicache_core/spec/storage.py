@@ -13,7 +13,6 @@ Keys are strings (hex page hashes, usually with a model/rank suffix); a page is 
 
 from __future__ import annotations
 
-import logging
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -26,8 +25,6 @@ from hicache_core.spec.errors import HiCacheError
 
 if TYPE_CHECKING:
     from hicache_core.memory.host_pool import HostKVPool
-
-log = logging.getLogger(__name__)
 
 
 class HiCacheStorage(ABC):
