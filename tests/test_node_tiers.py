@@ -139,6 +139,27 @@ def test_write_through_selective_waits_for_a_second_hit(tmp_path: Path) -> None:
         n.close()
 
 
+def test_knobs_only_reattach_keeps_pages_known_stored(tmp_path: Path) -> None:
+    """Same backend, same store, new prefetch knobs: pages already in L3 are not written again."""
+    n = small_node(write_policy="write_through_selective")
+    attach_dir(n, tmp_path / "l3")
+    try:
+        rank = n.ranks[0]
+        a = req(0, 4)
+        for _ in range(3):
+            n.process(a)
+        assert n.wait_backups(10) and rank.counters.backup_pages_queued == 4
+        n.attach("dynamic", {**dir_store(tmp_path / "l3"), "prefetch_threshold": 2 * PAGE})  # knobs only
+        n.process(a)  # a hit that would back the pages up again were they not known stored
+        assert n.wait_backups(10) and rank.counters.backup_pages_queued == 4
+        n.detach()
+        attach_dir(n, tmp_path / "l3")  # a fresh attach: what L3 holds is unknown again
+        n.process(a)
+        assert n.wait_backups(10) and rank.counters.backup_pages_queued == 8
+    finally:
+        n.close()
+
+
 def test_request_larger_than_every_tier_is_served(node: Node) -> None:
     big = req(0, 40)  # L1 holds 8 pages, L2 16
     res = node.process(big)

@@ -178,12 +178,15 @@ class Node:
     ) -> str:
         """Attach (or with ``replace``, switch) the L3 backend on every rank."""
         with self._admin:
+            before = [rank.controller.backend for rank in self.ranks]
             msg = self.group.attach(
                 backend, extra_config, prefetch_policy, write_policy, replace=replace,
                 switch_mode=self.switch_mode,
             )
-            for rank in self.ranks:
-                rank.new_storage_epoch(backend)
+            for rank, old in zip(self.ranks, before):
+                # The same backend instance: only knobs or policies changed, L3 is as it was.
+                if old is None or rank.controller.backend is not old:
+                    rank.new_storage_epoch(backend)
             return msg
 
     def detach(self) -> str:
