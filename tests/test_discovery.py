@@ -216,9 +216,17 @@ def test_broken_plugin_is_listed_with_its_error_and_others_still_work(
         def hicache_backends():
             return ["not a spec"]
     """)
+    onespec = modules("onespec", """
+        from hicache_core.plugins import BackendSpec, hookimpl
+
+        @hookimpl
+        def hicache_backends():
+            return BackendSpec(name="onespec", target="x.y:Z")
+    """)
     eps = (
         dists("broken-dist", "0.1", {"broken": broken})
         + dists("badhook-dist", "0.1", {"badhook": badhook})
+        + dists("onespec-dist", "0.1", {"onespec": onespec})
         + dists("good-dist", "1.0", {"good": f"{good}:Store", "missing-class": f"{good}:Nope"})
     )
     registry = BackendRegistry(entry_points_override=eps, environ={})
@@ -227,6 +235,7 @@ def test_broken_plugin_is_listed_with_its_error_and_others_still_work(
     assert listed["broken"].status == "unavailable" and "libfoo.so" in listed["broken"].reason
     assert listed["broken"].distribution == "broken-dist"
     assert listed["badhook"].status == "unavailable" and "BackendSpec" in listed["badhook"].reason
+    assert listed["onespec"].status == "unavailable" and "return a list" in listed["onespec"].reason
     assert listed["missing-class"].status == "unavailable" and "Nope" in listed["missing-class"].reason
     with pytest.raises(BackendLoadError, match=r"libfoo\.so"):
         registry.spec("broken")

@@ -202,9 +202,15 @@ class BackendRegistry:
                 specs = []
                 for impl in pm.hook.hicache_backends.get_hookimpls():
                     if impl.plugin is module:
-                        specs.extend(impl.function())
-                if not isinstance(specs, list) or not all(isinstance(s, BackendSpec) for s in specs):
-                    raise TypeError("hicache_backends() must return a list of BackendSpec")
+                        returned = impl.function()
+                        if not isinstance(returned, (list, tuple)):
+                            raise TypeError(
+                                f"hicache_backends() returned {type(returned).__name__}; return a list "
+                                "of BackendSpec, e.g. [BackendSpec(name=..., target='pkg.mod:Class')]"
+                            )
+                        specs.extend(returned)
+                if not all(isinstance(s, BackendSpec) for s in specs):
+                    raise TypeError("hicache_backends() must return a list of BackendSpec objects")
             except Exception as exc:  # a broken plugin must not break discovery
                 log.debug("plugin %s failed to load", ep.value, exc_info=True)
                 self._broken[ep.name] = BackendInfo(
