@@ -1,16 +1,21 @@
-"""Page keys: SGLang's SHA-256 hash chain over token ids, plus the model/rank namespace.
+"""Page keys: SGLang's SHA-256 hash chain over token ids, and the pool namespace.
 
 ``key[i] = sha256(raw_digest(key[i-1]) || token ids of page i as uint32 little-endian)``;
 the first page is chained from nothing, or from a namespace seed when requests are salted.
-The hex digests are byte-identical to SGLang's ``get_hash_str``, so an L3 filled by one can be
-read by the other. Backends append ``HiCacheStorageConfig.namespace_suffix()`` when they
-store, so different models or shardings never read each other's bytes.
+The hex digests are byte-identical to SGLang's ``get_hash_str``.
+
+A page hash names tokens, not bytes: the same tokens give different KV bytes under another
+model, dtype, geometry, byte order or shard. ``pool_namespace`` names all of those (key schema
+``hc1``, docs/key-schema.md); every first-party backend stores a page under
+``storage_key(page_hash, namespace)``, so a page from an incompatible pool is a miss.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from hicache_core.spec.config import HiCacheStorageConfig
 
@@ -68,6 +73,56 @@ def page_hashes(
     return out
 
 
-def storage_key(page_hash: str, config: HiCacheStorageConfig) -> str:
-    """The key a backend stores a page under: the hash plus the model/rank suffix."""
-    return page_hash + config.namespace_suffix()
+#: The version of the key schema below; bumped whenever a key it builds would change.
+KEY_SCHEMA = "hc1"
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def model_tag(model_name: str | None) -> str:
+    """The model part of a namespace: the name with every character outside ``[A-Za-z0-9._-]``
+    replaced by ``-`` (``meta-llama/Llama-3.1-8B`` -> ``meta-llama-Llama-3.1-8B``); ``-`` if none."""
+    return _UNSAFE.sub("-", model_name) if model_name else "-"
+
+
+def shard_tag(config: HiCacheStorageConfig, kind: str) -> str:
+    """The shard part of a namespace: which slice of the model's KV this rank holds.
+
+    ``tp{rank}of{size}`` for MHA (each TP rank holds its heads; MLA ranks hold the same KV and
+    have no TP part), then ``pp{rank}of{size}``, ``cp{rank}of{size}`` (attention context
+    parallel: disjoint slices of every page) and ``dcp{rank}of{size}`` where those are > 1.
+    """
+    parts = [] if kind == "mla" else [f"tp{config.tp_rank}of{config.tp_size}"]
+    if config.pp_size > 1:
+        parts.append(f"pp{config.pp_rank}of{config.pp_size}")
+    if config.attn_cp_size > 1:
+        parts.append(f"cp{config.attn_cp_rank}of{config.attn_cp_size}")
+    if config.dcp_size > 1:
+        parts.append(f"dcp{config.dcp_rank}of{config.dcp_size}")
+    return "-".join(parts) or "all"
+
+
+def pool_namespace(config: HiCacheStorageConfig, pool: Any | None, pool_name: str | None = None) -> str:
+    """The namespace of the pages of ``pool`` under ``config``: ``hc1.{model}.{format}.{shard}``.
+
+    ``format`` is ``PageFormat.tag()`` (kind, dtype, geometry, page size, byte order); without a
+    pool (flat pages handed in by the caller) it is ``flat``, which no pool's pages match.
+    A sidecar pool of the v2 API (``pool_name`` other than ``kv``) adds ``.{pool_name}``.
+    """
+    if pool is None:
+        kind = "mla" if config.is_mla_model else "mha"
+        fmt = "flat"
+    else:
+        from hicache_core.memory.pages import page_format
+
+        pf = page_format(pool)
+        kind, fmt = pf.kind, pf.tag()
+    ns = f"{KEY_SCHEMA}.{model_tag(config.model_name)}.{fmt}.{shard_tag(config, kind)}"
+    if pool_name and pool_name != "kv":
+        ns += f".{model_tag(pool_name)}"
+    return ns
+
+
+def storage_key(page_hash: str, namespace: str) -> str:
+    """The key a page is stored under: ``{page_hash}@{namespace}``."""
+    return f"{page_hash}@{namespace}"

@@ -215,7 +215,22 @@ def test_sglang_constructor_form_is_accepted_by_the_base() -> None:
 def test_namespace_suffix() -> None:
     assert HiCacheStorageConfig(model_name="org/llama", tp_rank=1, tp_size=4).namespace_suffix() == "_org-llama_1_4"
     assert HiCacheStorageConfig(model_name="org/ds", tp_rank=3, tp_size=8, is_mla_model=True).namespace_suffix() == "_org-ds"
-    assert HiCacheStorageConfig(tp_rank=0, tp_size=2, pp_rank=1, pp_size=2).namespace_suffix() == "_default_0_2_1_2"
+    # SGLang 0.5.23 HiCacheFile's rule: PP as _{pp_size}_{pp_rank}, attention CP, then DCP.
+    assert HiCacheStorageConfig(tp_rank=0, tp_size=2, pp_rank=1, pp_size=2).namespace_suffix() == "__0_2_2_1"
+    cp = HiCacheStorageConfig(model_name="m", attn_cp_rank=1, attn_cp_size=2)
+    assert cp.namespace_suffix() == "_m_0_1_cp1_2"
+    dcp = HiCacheStorageConfig(model_name="m", is_mla_model=True, tp_rank=1, tp_size=2, dcp_size=2, dcp_rank=1,
+                               logical_page_size=64)
+    assert dcp.namespace_suffix() == "_m_tp2_dcp1_2_page64"
+
+
+def test_config_validates_dcp_as_sglang_does() -> None:
+    with pytest.raises(ValueError, match="MLA"):
+        HiCacheStorageConfig(dcp_size=2, dcp_rank=0, logical_page_size=64)
+    with pytest.raises(ValueError, match="contiguous DCP"):
+        HiCacheStorageConfig(is_mla_model=True, tp_size=2, tp_rank=1, dcp_size=2, dcp_rank=0, logical_page_size=64)
+    with pytest.raises(ValueError, match="logical_page_size"):
+        HiCacheStorageConfig(is_mla_model=True, tp_size=2, tp_rank=1, dcp_size=2, dcp_rank=1, logical_page_size=63)
 
 
 def test_writer_rank() -> None:

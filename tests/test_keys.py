@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
-from hicache_core import HiCacheStorageConfig
-from hicache_core.keys import get_hash_str, namespace_seed, page_hashes, storage_key
+from hicache_core import HiCacheStorageConfig, HostKVPool
+from hicache_core.keys import get_hash_str, namespace_seed, page_hashes, pool_namespace, storage_key
 
 VECTORS: list[dict[str, Any]] = json.loads((Path(__file__).parent / "data" / "page_hash_vectors.json").read_text())["vectors"]
 
@@ -59,7 +60,32 @@ def test_bad_page_size() -> None:
         page_hashes([1, 2], 0)
 
 
-def test_storage_key_carries_the_namespace_suffix() -> None:
+def test_pool_namespace_names_model_format_and_shard() -> None:
     h = VECTORS[0]["expected"][0]
-    assert storage_key(h, HiCacheStorageConfig(model_name="org/m", tp_rank=1, tp_size=2)) == h + "_org-m_1_2"
-    assert storage_key(h, HiCacheStorageConfig(model_name="m", is_mla_model=True, tp_rank=1, tp_size=2)) == h + "_m"
+    pool = HostKVPool(64, 16, 2, 4, 8, dtype=torch.float16, layout="page_first", pin_memory=False)
+    ns = pool_namespace(HiCacheStorageConfig(model_name="org/m x", tp_rank=1, tp_size=2), pool)
+    assert ns == "hc1.org-m-x.mha-fp16-l2h4d8-p16-ctlhd.tp1of2"
+    assert storage_key(h, ns) == f"{h}@{ns}"
+    mla = HostKVPool(64, 16, 2, 1, 8, layout="page_first_direct", is_mla=True, pin_memory=False)
+    cfg = HiCacheStorageConfig(model_name="m", is_mla_model=True, tp_rank=1, tp_size=2, pp_rank=1, pp_size=2,
+                               attn_cp_rank=0, attn_cp_size=2)
+    assert pool_namespace(cfg, mla) == "hc1.m.mla-bf16-l2h1d8-p16-lthd.pp1of2-cp0of2"
+    assert pool_namespace(HiCacheStorageConfig(), None) == "hc1.-.flat.tp0of1"
+
+
+def test_every_identity_field_changes_the_namespace() -> None:
+    base = {"size": 64, "page_size": 16, "layer_num": 2, "head_num": 4, "head_dim": 8,
+            "dtype": torch.bfloat16, "layout": "page_first", "pin_memory": False}
+    cfg = HiCacheStorageConfig(model_name="m")
+    ref = pool_namespace(cfg, HostKVPool(**base))
+    for change in ({"dtype": torch.float16}, {"layer_num": 3}, {"head_num": 2}, {"head_dim": 16},
+                   {"page_size": 32}, {"layout": "layer_first"}, {"layout": "page_head"}):
+        assert pool_namespace(cfg, HostKVPool(**{**base, **change})) != ref, change
+    # layer_first and page_first_direct pages are the same bytes, so they share a namespace.
+    lf = pool_namespace(cfg, HostKVPool(**{**base, "layout": "layer_first"}))
+    assert lf == pool_namespace(cfg, HostKVPool(**{**base, "layout": "page_first_direct"}))
+    pool = HostKVPool(**base)
+    for other in (HiCacheStorageConfig(model_name="m2"), HiCacheStorageConfig(model_name="m", tp_rank=1, tp_size=2),
+                  HiCacheStorageConfig(model_name="m", tp_size=2), HiCacheStorageConfig(model_name="m", pp_size=2),
+                  HiCacheStorageConfig(model_name="m", attn_cp_rank=1, attn_cp_size=2)):
+        assert pool_namespace(other, pool) != ref, other

@@ -10,34 +10,38 @@ layout                    MHA ``kv_buffer``                 MLA ``kv_buffer``
 ``layer_first``           (2, L, size, H, D)                (L, size, 1, D)
 ``page_first``            (2, size, L, H, D)                (size, L, 1, D)
 ``page_first_direct``     (2, pages, L, page, H, D)         (pages, L, page, 1, D)
+``page_head``             (2, pages, H, page, L, D)         (MHA only)
 ========================  ===============================  ===============================
 
 Indices handed around (``host_indices``) are *token* slot indices, page aligned: page ``p``
 holds tokens ``p*page_size .. p*page_size+page_size-1``.
+
+What a page's bytes are (their order, its pieces, the format tag keys are namespaced by) is
+``hicache_core.memory.pages``'s one rule, the same for this pool and SGLang's.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
+from hicache_core.memory.pages import (
+    PageFormat,
+    PageGeometry,
+    PagePiece,
+    page_format,
+    page_geometry,
+    page_view,
+)
 from hicache_core.spec.errors import LayoutError
 
-Layout = Literal["layer_first", "page_first", "page_first_direct"]
-LAYOUTS: tuple[str, ...] = ("layer_first", "page_first", "page_first_direct")
-PAGE_LAYOUTS: tuple[str, ...] = ("page_first", "page_first_direct")
-
-
-@dataclass(frozen=True)
-class PagePiece:
-    """One contiguous run of bytes of a page in host memory."""
-
-    ptr: int
-    nbytes: int
+Layout = Literal["layer_first", "page_first", "page_first_direct", "page_head"]
+LAYOUTS: tuple[str, ...] = ("layer_first", "page_first", "page_first_direct", "page_head")
+#: Layouts in which each page's K (and V) is one contiguous run.
+PAGE_LAYOUTS: tuple[str, ...] = ("page_first", "page_first_direct", "page_head")
 
 
 def _cuda_available() -> bool:
@@ -71,6 +75,8 @@ class HostKVPool:
     ) -> None:
         if layout not in LAYOUTS:
             raise LayoutError(f"unknown host pool layout {layout!r}; use one of {', '.join(LAYOUTS)}")
+        if layout == "page_head" and is_mla:
+            raise LayoutError("page_head splits pages by head; MLA pools have one latent head, use page_first")
         if page_size <= 0 or size <= 0 or size % page_size:
             raise ValueError(
                 f"pool size {size} must be a positive multiple of page_size {page_size}"
@@ -114,6 +120,10 @@ class HostKVPool:
         self._lock = threading.Lock()
         self._free_pages: list[int] = list(range(self.page_num - 1, -1, -1))
         self._free_set: set[int] = set(self._free_pages)  # to refuse a page freed twice
+        #: Where each page's pieces lie (stored-byte order); computed once, the buffer never moves.
+        self.geometry: PageGeometry = page_geometry(self)
+        #: What this pool's page bytes mean; part of every key namespace.
+        self.page_format: PageFormat = page_format(self)
 
     # ------------------------------------------------------------------ shape and sizes
     def _buffer_shape(self) -> tuple[int, ...]:
@@ -128,6 +138,7 @@ class HostKVPool:
             "layer_first": (2, L, self.size, H, D),
             "page_first": (2, self.size, L, H, D),
             "page_first_direct": (2, self.page_num, L, P, H, D),
+            "page_head": (2, self.page_num, H, P, L, D),
         }[self.layout]
 
     @property
@@ -261,18 +272,15 @@ class HostKVPool:
 
     # ------------------------------------------------------------------ page access
     def _page_view(self, index: int) -> torch.Tensor:
-        """The page starting at token ``index`` as a view of ``kv_buffer`` (not flattened)."""
-        P = self.page_size
-        if self.layout == "page_first_direct":
-            p = index // P
-            return self.kv_buffer[p : p + 1] if self.is_mla else self.kv_buffer[:, p : p + 1]
-        if self.layout == "page_first":
-            return self.kv_buffer[index : index + P] if self.is_mla else self.kv_buffer[:, index : index + P]
-        # layer_first
-        return self.kv_buffer[:, index : index + P] if self.is_mla else self.kv_buffer[:, :, index : index + P]
+        """The page starting at token ``index`` as a view of ``kv_buffer``, in stored-byte order."""
+        return page_view(self, index // self.page_size)
 
     def get_data_page(self, index: int, flat: bool = True) -> torch.Tensor:
-        """The page that starts at token ``index``; flat pages are copies when not contiguous."""
+        """The page that starts at token ``index``; flat pages are copies when not contiguous.
+
+        The flat page is the page's stored bytes (``hicache_core.memory.pages``), the same bytes
+        its pieces hold in ``page_pieces`` order, as SGLang's pools return it.
+        """
         view = self._page_view(index)
         return view.flatten() if flat else view
 
@@ -285,11 +293,16 @@ class HostKVPool:
     def set_from_flat_data_page(self, index: int, data_page: torch.Tensor) -> None:
         """Write a flat page (as ``get_data_page`` returns it) into the page at ``index``."""
         view = self._page_view(index)
-        if data_page.numel() != view.numel():
+        if data_page.numel() * data_page.element_size() != view.numel() * view.element_size():
             raise ValueError(
-                f"flat page has {data_page.numel()} elements, a page of this pool has {view.numel()}"
+                f"flat page has {data_page.numel()} elements of {data_page.dtype}, a page of this "
+                f"pool has {view.numel()} of {view.dtype}"
             )
-        view.copy_(data_page.reshape(view.shape).to(self.dtype))
+        src = data_page.contiguous().view(-1)
+        if src.dtype != view.dtype:
+            # Bytes, never a value conversion: a page of another dtype is not this pool's KV.
+            src = src.view(torch.uint8).view(view.dtype)
+        view.copy_(src.reshape(view.shape))
 
     # Plain names for the same two operations, for code that is not SGLang-shaped.
     def read_page(self, page: int) -> torch.Tensor:
@@ -302,21 +315,27 @@ class HostKVPool:
 
     # ------------------------------------------------------------------ zero-copy metadata
     def pieces_per_page(self) -> int:
-        """How many contiguous pieces one page is made of (see ``get_page_buffer_meta``)."""
-        if self.layout in PAGE_LAYOUTS:
-            return 1 if self.is_mla else 2
-        return self.layer_num * (1 if self.is_mla else 2)
+        """How many contiguous pieces one page is made of (see ``page_pieces``)."""
+        return self.geometry.pieces_per_page
 
     def get_page_buffer_meta(self, indices: torch.Tensor | Sequence[int]) -> tuple[list[int], list[int]]:
-        """Address and byte size of every contiguous piece of the pages behind ``indices``.
+        """SGLang's zero-copy helper: address and byte size of every piece of the pages.
 
-        Per page, in this order: page layouts give K then V (MHA) or the one latent piece
-        (MLA); ``layer_first`` gives, for each layer, K then V (MHA) or the layer's piece (MLA).
-        Returns ``(ptr_list, size_list)`` of equal length.
+        SGLang's order, for SGLang-written backends: page layouts give K then V (MHA) or the one
+        latent piece (MLA); ``layer_first`` gives, for each layer, K then V. hicache's backends
+        use ``page_pieces``/``geometry`` (stored-byte order: all K layers, then all V layers).
         """
+        pages = self.indices_to_pages(indices)
         ptrs: list[int] = []
-        for page in self.indices_to_pages(indices):
-            ptrs.extend(p.ptr for p in self.page_pieces(page))
+        if self.layout == "layer_first" and not self.is_mla:
+            L = self.layer_num
+            for page in pages:
+                pcs = self.page_pieces(page)
+                for layer in range(L):
+                    ptrs.extend((pcs[layer].ptr, pcs[L + layer].ptr))
+        else:
+            for page in pages:
+                ptrs.extend(p.ptr for p in self.page_pieces(page))
         size = self.page_bytes // self.pieces_per_page()
         return ptrs, [size] * len(ptrs)
 
@@ -342,42 +361,21 @@ class HostKVPool:
         return names, ptrs, sizes
 
     def page_pieces(self, page: int) -> list[PagePiece]:
-        """The contiguous pieces of page number ``page`` (see ``get_page_buffer_meta``)."""
-        if not 0 <= page < self.page_num:
-            raise ValueError(f"page {page} is outside this pool's pages 0..{self.page_num - 1}")
-        base = self.kv_buffer.data_ptr()
-        it, L, H, D, P = self.itemsize, self.layer_num, self.head_num, self.head_dim, self.page_size
-        token = page * P
-        if self.layout in PAGE_LAYOUTS:
-            # In both page layouts a page's piece starts token*L*H*D elements into its K or V half.
-            piece = P * L * H * D * it
-            first = base + token * L * H * D * it
-            if self.is_mla:
-                return [PagePiece(first, piece)]
-            v_half = self.size * L * H * D * it
-            return [PagePiece(first, piece), PagePiece(first + v_half, piece)]
-        piece = P * H * D * it
-        layer_stride = self.size * H * D * it
-        out: list[PagePiece] = []
-        for layer in range(L):
-            k = base + layer * layer_stride + token * H * D * it
-            out.append(PagePiece(k, piece))
-            if not self.is_mla:
-                out.append(PagePiece(k + L * layer_stride, piece))
-        return out
+        """The contiguous pieces of page number ``page``, in stored-byte order.
+
+        Read one after another they are the flat page (``get_data_page``): page layouts give
+        K then V (MHA) or one latent piece (MLA); ``layer_first`` gives K of every layer, then V
+        of every layer (MLA: every layer's latent).
+        """
+        return self.geometry.pieces(page)
 
     def page_memoryviews(self, page: int) -> list[memoryview]:
         """Writable byte views of the pieces of page number ``page``, without a copy.
 
         What file-like backends hand to ``readinto``/``preadv``/``pwritev``.
         """
-        flat = self.kv_buffer.view(-1).view(torch.uint8)
-        base = self.kv_buffer.data_ptr()
-        views: list[memoryview] = []
-        for piece in self.page_pieces(page):
-            start = piece.ptr - base
-            views.append(memoryview(flat[start : start + piece.nbytes].numpy()))  # type: ignore[arg-type]
-        return views
+        flat = self.kv_buffer.view(-1).view(torch.uint8).numpy()
+        return [memoryview(flat[a:b]) for a, b in self.geometry.byte_ranges(page)]  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         kind = "MLA" if self.is_mla else "MHA"

@@ -44,7 +44,7 @@ class HiCacheStorage(ABC):
     capabilities: ClassVar[Capabilities] = Capabilities()
 
     def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:
-        self.config = config if config is not None else HiCacheStorageConfig()
+        self.config = HiCacheStorageConfig.from_any(config)
         self.mem_pool_host: HostKVPool | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -53,8 +53,34 @@ class HiCacheStorage(ABC):
 
         Called once, after construction and before any I/O. Backends that need
         page-contiguous memory check ``mem_pool_host.layout`` here and raise ``LayoutError``.
+        ``mem_pool_host`` may be hicache's ``HostKVPool`` or an SGLang host pool: read its
+        pages through ``hicache_core.memory.pages`` (``page_geometry``, ``page_view``).
         """
         self.mem_pool_host = mem_pool_host
+
+    # ------------------------------------------------------------------ key namespace
+    @property
+    def namespace(self) -> str:
+        """The key namespace of this backend's pages: model, page format and shard.
+
+        ``hicache_core.keys.pool_namespace(config, registered pool)``; before a pool is
+        registered, the ``flat`` namespace (which no pool's pages share). Backends store a
+        page under ``self.page_key(page_hash)`` so an incompatible pool's page is a miss.
+        """
+        pool = self.mem_pool_host
+        cached = self.__dict__.get("_hicache_namespace")
+        if cached is None or cached[0] is not pool:
+            from hicache_core.keys import pool_namespace
+
+            cached = (pool, pool_namespace(HiCacheStorageConfig.from_any(self.config), pool))
+            self.__dict__["_hicache_namespace"] = cached
+        return str(cached[1])
+
+    def page_key(self, page_hash: str) -> str:
+        """The key the page ``page_hash`` is stored under (``hicache_core.keys.storage_key``)."""
+        from hicache_core.keys import storage_key
+
+        return storage_key(page_hash, self.namespace)
 
     def close(self) -> None:
         """Release connections, threads and registered memory. Stored pages stay stored."""
