@@ -4,7 +4,11 @@
 #   bash scripts/setup.sh            core + the file backend (enough for the quick start)
 #   bash scripts/setup.sh --all      + every first-party backend, the example third-party backend,
 #                                      and the Debian library Mooncake needs (apt, as root)
-#   bash scripts/setup.sh --dev      + test and lint tools (pytest comes with the core)
+#   bash scripts/setup.sh --dev      + test and lint tools (pytest comes with the core); with
+#                                      --all also the real SGLang (as --sglang), which the interop
+#                                      tests run against
+#   bash scripts/setup.sh --sglang   + sglang==0.5.23 on CPU (REFERENCE §0: --no-deps, then the
+#                                      packages its storage/controller imports need, torch pinned)
 #
 # The venv is ./.venv unless HICACHE_VENV names another folder. torch is pinned to 2.13.0
 # first: it is the CPU build these machines carry, and an unpinned torch pulls a multi-GB
@@ -12,15 +16,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=0 dev=0
+all=0 dev=0 sglang=0
 for arg in "$@"; do
   case "$arg" in
     --all) all=1 ;;
     --dev) dev=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown option $arg (use --all, --dev)" >&2; exit 2 ;;
+    --sglang) sglang=1 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg (use --all, --dev, --sglang)" >&2; exit 2 ;;
   esac
 done
+if [ "$all" = 1 ] && [ "$dev" = 1 ]; then sglang=1; fi
 
 venv="${HICACHE_VENV:-.venv}"
 python="${PYTHON:-python3}"
@@ -59,6 +65,16 @@ if [ "$all" = 1 ]; then
   if [ -f plugins/hicache_nixl/pyproject.toml ]; then
     "${pip[@]}" --no-deps nixl
   fi
+fi
+
+if [ "$sglang" = 1 ]; then
+  echo "==> sglang 0.5.23 (CPU: no-deps, then what its storage and controller modules import)"
+  # sglang pins torch 2.14.1 (a CUDA build); keep the CPU torch that is installed.
+  constraint="$(mktemp)"
+  "$venv/bin/python" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" >"$constraint"
+  "${pip[@]}" -c "$constraint" --no-deps "sglang==0.5.23"
+  "${pip[@]}" -c "$constraint" -r scripts/sglang-requirements.txt
+  rm -f "$constraint"
 fi
 
 if [ "$dev" = 1 ]; then
