@@ -123,6 +123,18 @@ def pool_namespace(config: HiCacheStorageConfig, pool: Any | None, pool_name: st
     return ns
 
 
+def sidecar_page_hash(page_hash: str, pool_name: str, pool: Any, config: HiCacheStorageConfig) -> str:
+    """The hash a v2 sidecar pool's page is stored under, inside the KV pool's namespace.
+
+    ``{page_hash}.{pool_name}.{format}.{shard}``: the sidecar's own format (a Mamba state is
+    not KV) and its TP shard (states are TP-sharded even where MLA KV is replicated). Backends
+    store it with ``page_key`` like any page hash, so it lands beside the KV page it belongs to.
+    """
+    from hicache_core.memory.pages import page_format
+
+    return f"{page_hash}.{model_tag(pool_name)}.{page_format(pool).tag()}.{shard_tag(config, 'mha')}"
+
+
 def storage_key(page_hash: str, namespace: str) -> str:
     """The key a page is stored under: ``{page_hash}@{namespace}``."""
     return f"{page_hash}@{namespace}"

@@ -26,6 +26,7 @@ sizes), computed once per pool from the tensor's strides: zero-copy backends han
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,6 +45,8 @@ _BUFFER_DIMS: dict[tuple[str, str], tuple[str, ...]] = {
     ("mla", "layer_first"): ("layer", "slot", "head", "dim"),
     ("mla", "page_first"): ("slot", "layer", "head", "dim"),
     ("mla", "page_first_direct"): ("page", "layer", "token", "head", "dim"),
+    # Sidecar state pools (hicache_core.memory.state_pool): one slot per page.
+    ("state", "state"): ("slot", "dim"),
 }
 
 #: Short names for dtypes in format tags (anything else: torch's own name).
@@ -140,7 +143,10 @@ def _itemsize(code: str) -> int:
 
 
 def pool_kind(pool: Any) -> str:
-    """``mla`` or ``mha`` for hicache's ``HostKVPool`` and SGLang's host pools alike."""
+    """``mla`` or ``mha`` (or ``state``) for hicache's host pools and SGLang's alike."""
+    declared = getattr(pool, "pool_kind", None)
+    if isinstance(declared, str):
+        return declared
     flag = getattr(pool, "is_mla", None)
     if isinstance(flag, bool):
         return "mla" if flag else "mha"
@@ -172,6 +178,9 @@ def _buffer_dims(pool: Any) -> tuple[str, ...]:
 
 def page_format(pool: Any) -> PageFormat:
     """The ``PageFormat`` of the pages of ``pool`` (hicache's ``HostKVPool`` or SGLang's)."""
+    declared = pool.__dict__.get("page_format") if hasattr(pool, "__dict__") else None
+    if isinstance(declared, PageFormat):
+        return declared
     dims = _buffer_dims(pool)
     kind = pool_kind(pool)
     shape = dict(zip(dims, pool.kv_buffer.shape))
@@ -315,8 +324,7 @@ def page_memoryviews(pool: Any, page: int, geometry: PageGeometry | None = None)
     What file-like backends hand to ``readinto``/``preadv``/``pwritev``.
     """
     geo = geometry or page_geometry(pool)
-    flat = pool.kv_buffer.view(-1).view(torch.uint8).numpy()
-    return [memoryview(flat[a:b]) for a, b in geo.byte_ranges(page)]
+    return [memoryview((ctypes.c_char * p.nbytes).from_address(p.ptr)).cast("B") for p in geo.pieces(page)]
 
 
 def read_flat_page(pool: Any, page: int) -> torch.Tensor:

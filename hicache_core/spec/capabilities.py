@@ -30,6 +30,9 @@ class Capabilities:
     requires_page_layout: bool = False
     #: Supports MLA models (one latent vector per token, single writer rank).
     mla: bool = True
+    #: Stores the v2 API's sidecar pools (Mamba/SWA states...) beside KV: pages of another
+    #: size than the KV pool's. When False, v2 transfers that need a sidecar are misses.
+    sidecar_pools: bool = True
 
     def names(self) -> list[str]:
         """The names of the flags that are set, in declaration order."""

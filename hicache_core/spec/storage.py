@@ -22,6 +22,7 @@ import torch
 from hicache_core.spec.capabilities import Capabilities
 from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
 from hicache_core.spec.errors import HiCacheError
+from hicache_core.spec.pools import PoolTransfer, PoolTransferResult, pool_name, restorable_prefixes
 
 if TYPE_CHECKING:
     from hicache_core.memory.host_pool import HostKVPool
@@ -216,6 +217,121 @@ class HiCacheStorage(ABC):
             return [True] * len(keys)
         return self.exists_many(list(keys))
 
+    # ------------------------------------------------------------------ v2 pool transfers
+    def register_mem_host_pool_v2(self, host_pool: Any, host_pool_name: Any) -> None:
+        """Register a further host pool (a sidecar: Mamba state, SWA, ...) under its name.
+
+        Called after ``register_mem_pool_host`` and before ``on_host_pools_registered``; pools
+        added later (dynamic sidecars) arrive through this method alone.
+        """
+        pools: dict[str, Any] = self.__dict__.setdefault("registered_pools", {})
+        pools[pool_name(host_pool_name)] = host_pool
+
+    def on_host_pools_registered(self) -> None:
+        """The first registration burst is over (the KV pool and every v2 pool); once per attach.
+
+        Backends that must finalize once the pool set is known do it here; raising fails the
+        attach. Default: nothing to do.
+        """
+
+    def _v2_pool(self, name: Any) -> Any:
+        key = pool_name(name)
+        pools: dict[str, Any] = self.__dict__.get("registered_pools", {})
+        if key in pools:
+            return pools[key]
+        if key == "kv" and self.mem_pool_host is not None:
+            return self.mem_pool_host
+        raise HiCacheError(
+            f"{type(self).__name__}: no host pool registered under {key!r} (registered: "
+            f"{', '.join(sorted(pools)) or 'none'}); call register_mem_host_pool_v2(pool, {key!r}) first"
+        )
+
+    def _sidecar_hashes(self, name: Any, keys: Sequence[str]) -> list[str]:
+        from hicache_core.keys import sidecar_page_hash
+
+        pool = self._v2_pool(name)
+        config = HiCacheStorageConfig.from_any(self.config)
+        return [sidecar_page_hash(k, pool_name(name), pool, config) for k in keys]
+
+    def batch_exists_v2(
+        self,
+        keys: list[str],
+        pool_transfers: list[PoolTransfer] | None = None,
+        extra_info: HiCacheStorageExtraInfo | None = None,
+    ) -> PoolTransferResult:
+        """The usable prefix of ``keys`` given the KV pages and each sidecar pool's pages.
+
+        ``kv_hit_pages`` is the longest prefix every pool can restore under its hit policy
+        (``hicache_core.spec.pools``); ``extra_pool_hit_pages`` each pool's own count. This
+        default asks ``batch_exists`` for the KV prefix and ``exists_many`` for the sidecars.
+        """
+        kv_pages = int(self.batch_exists(list(keys), extra_info))
+        hits: dict[str, int] = {"kv": kv_pages} if kv_pages else {}
+        restorable = set(range(1, kv_pages + 1))
+        for transfer in pool_transfers or []:
+            if not restorable:
+                break
+            name = pool_name(transfer.name)
+            present = self.exists_many(self._sidecar_hashes(name, keys[:kv_pages]), extra_info)
+            policy = pool_name(transfer.hit_policy)
+            ok = restorable_prefixes(list(present), kv_pages, policy, len(transfer.keys or []))
+            if ok:
+                hits[name] = max(ok)
+            restorable &= ok
+        ordered = sorted(restorable)
+        return PoolTransferResult(ordered[-1] if ordered else 0, hits, ordered)
+
+    def batch_get_v2(
+        self, transfers: list[PoolTransfer], extra_info: HiCacheStorageExtraInfo | None = None
+    ) -> dict[str, list[bool]]:
+        """Read each transfer's pages into its pool; one bool per key, per pool name.
+
+        The KV pool goes through ``batch_get_v1``; a sidecar pool through ``batch_get`` of its
+        pages (``sidecar_page_hash`` keys) into staging pages, then into the pool.
+        """
+        results: dict[str, list[bool]] = {}
+        for t in transfers:
+            name, keys = pool_name(t.name), list(t.keys or [])
+            if name == "kv":
+                results[name] = list(self.batch_get_v1(keys, _indices(t.host_indices), extra_info))
+                continue
+            pool = self._v2_pool(name)
+            pages = self._v2_pages(pool, keys, t.host_indices)
+            targets = [pool.get_dummy_flat_data_page() for _ in keys]
+            values: Any = self.batch_get(self._sidecar_hashes(name, keys), target_locations=targets)
+            results[name] = _copy_into_pool(pool, pages, values, len(keys))
+        return results
+
+    def batch_set_v2(
+        self, transfers: list[PoolTransfer], extra_info: HiCacheStorageExtraInfo | None = None
+    ) -> dict[str, list[bool]]:
+        """Store each transfer's pool pages; one bool per key, per pool name."""
+        results: dict[str, list[bool]] = {}
+        for t in transfers:
+            name, keys = pool_name(t.name), list(t.keys or [])
+            if name == "kv":
+                results[name] = list(self.batch_set_v1(keys, _indices(t.host_indices), extra_info))
+                continue
+            pool = self._v2_pool(name)
+            pages = self._v2_pages(pool, keys, t.host_indices)
+            hashes = self._sidecar_hashes(name, keys)
+            values = [pool.get_data_page(p * pool.page_size, flat=True).clone() for p in pages]
+            if self.batch_set(hashes, values=values):
+                results[name] = [True] * len(keys)
+            else:
+                results[name] = list(self.exists_many(hashes))
+        return results
+
+    @staticmethod
+    def _v2_pages(pool: Any, keys: Sequence[str], host_indices: Any) -> list[int]:
+        n = 0 if host_indices is None else len(host_indices)
+        if n != len(keys) * pool.page_size:
+            raise ValueError(
+                f"{len(keys)} keys need {len(keys) * pool.page_size} host indices "
+                f"(page_size {pool.page_size}), got {n}"
+            )
+        return list(pool.indices_to_pages(host_indices))
+
     def _pool_for_v1(self, keys: Sequence[str], host_indices: torch.Tensor) -> HostKVPool:
         pool = self.mem_pool_host
         if pool is None:
@@ -231,9 +347,12 @@ class HiCacheStorage(ABC):
         return pool
 
 
-def _copy_into_pool(
-    pool: HostKVPool, pages: list[int], values: Any, count: int
-) -> list[bool]:
+def _indices(host_indices: Any) -> torch.Tensor:
+    """A transfer's host indices as an int64 tensor (none: an empty one, which a key list refuses)."""
+    return torch.as_tensor([] if host_indices is None else host_indices, dtype=torch.int64)
+
+
+def _copy_into_pool(pool: Any, pages: list[int], values: Any, count: int) -> list[bool]:
     """Copy staged pages into the pool; one bool per page (``values``: None for misses)."""
     if values is None:
         return [False] * count

@@ -1,0 +1,135 @@
+"""Conformance checks of the v2 pool-transfer API (KV + a Mamba-like sidecar state pool).
+
+Mixed into ``StorageConformanceTests``; they need only the kit's ``open_backend`` fixture. A
+backend that keeps the core's v2 defaults passes them through its ``get``/``set``/``exists``;
+one that overrides ``batch_*_v2`` must give the same answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+
+from hicache_core.keys import page_hashes
+from hicache_core.memory.host_pool import HostKVPool
+from hicache_core.memory.state_pool import HostStatePool
+from hicache_core.spec.config import HiCacheStorageConfig
+from hicache_core.spec.pools import PoolHitPolicy, PoolName, PoolTransfer
+from hicache_core.spec.storage import HiCacheStorage
+
+PAGE = 4
+
+
+def _attach(open_backend: Callable[[HiCacheStorageConfig], HiCacheStorage], state: HostStatePool,
+            config: HiCacheStorageConfig) -> tuple[HiCacheStorage, HostKVPool]:
+    backend = open_backend(config)
+    pool = HostKVPool(16 * PAGE, PAGE, 2, 2, 8, dtype=torch.bfloat16, layout="page_first", pin_memory=False)
+    backend.register_mem_pool_host(pool)
+    backend.register_mem_host_pool_v2(state, PoolName.MAMBA)
+    backend.on_host_pools_registered()
+    return backend, pool
+
+
+def _scattered(pool: Any, n: int) -> torch.Tensor:
+    """``n`` pages' host indices that are neither 0..n-1 nor in order."""
+    first = pool.alloc(n * pool.page_size)
+    second = pool.alloc(n * pool.page_size)
+    assert first is not None and second is not None
+    pool.free(first)
+    pages = pool.indices_to_pages(second)[::-1]
+    return pool.pages_to_indices(pages)
+
+
+def _random_fill(pool: Any, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    pool.kv_buffer.view(-1).view(torch.uint8).copy_(
+        torch.randint(0, 256, (pool.kv_buffer.numel() * pool.kv_buffer.element_size(),), generator=gen,
+                      dtype=torch.uint8)
+    )
+
+
+class V2PoolTransferChecks:
+    """The v2 API: sidecar pools stored beside KV, their hit policies, byte-equal round trips."""
+
+    def _v2_setup(self, open_backend: Any, config: HiCacheStorageConfig, n: int = 4,
+                  state_pages: list[int] | None = None) -> tuple[HiCacheStorage, list[str], dict[str, Any]]:
+        state = HostStatePool(16, (3, 5), dtype=torch.float32)
+        backend, pool = _attach(open_backend, state, config)
+        if not type(backend).capabilities.sidecar_pools:
+            pytest.skip(f"{type(backend).__name__} declares capabilities.sidecar_pools=False (v2 sidecars are misses)")
+        keys = page_hashes(list(range(1000, 1000 + n * PAGE)), PAGE)
+        _random_fill(pool, 1)
+        _random_fill(state, 2)
+        kv_idx = _scattered(pool, n)
+        marks = state_pages if state_pages is not None else list(range(n))
+        st_idx = _scattered(state, len(marks))
+        res = backend.batch_set_v2([
+            PoolTransfer(PoolName.KV, host_indices=kv_idx, keys=keys),
+            PoolTransfer(PoolName.MAMBA, host_indices=st_idx, keys=[keys[i] for i in marks],
+                         hit_policy=PoolHitPolicy.TRAILING_PAGES),
+        ])
+        assert res["kv"] == [True] * n, f"v2 set: KV pages not stored: {res}"
+        assert res["mamba"] == [True] * len(marks), f"v2 set: sidecar state pages not stored: {res}"
+        kv_bytes = [bytes(pool.get_data_page(int(kv_idx[i * PAGE]), flat=True).view(torch.uint8).numpy())
+                    for i in range(n)]
+        st_bytes = [bytes(state.kv_buffer[int(i)].view(torch.uint8).numpy()) for i in st_idx]
+        return backend, keys, {"pool": pool, "state": state, "kv": kv_bytes, "st": st_bytes, "marks": marks}
+
+    def test_v2_round_trip_kv_and_sidecar(self, open_backend: Any, storage_config: HiCacheStorageConfig) -> None:
+        backend, keys, ctx = self._v2_setup(open_backend, storage_config)
+        # A fresh node: new pools, indices scattered differently.
+        state = HostStatePool(16, (3, 5), dtype=torch.float32)
+        other, pool = _attach(open_backend, state, storage_config)
+        kv_idx, st_idx = _scattered(pool, len(keys)), _scattered(state, len(keys))
+        got = other.batch_get_v2([
+            PoolTransfer(PoolName.KV, host_indices=kv_idx, keys=keys),
+            PoolTransfer(PoolName.MAMBA, host_indices=st_idx, keys=keys, hit_policy=PoolHitPolicy.TRAILING_PAGES),
+        ])
+        assert got == {"kv": [True] * len(keys), "mamba": [True] * len(keys)}, f"v2 get: {got}"
+        for i in range(len(keys)):
+            page = bytes(pool.get_data_page(int(kv_idx[i * PAGE]), flat=True).view(torch.uint8).numpy())
+            assert page == ctx["kv"][i], f"v2 get: KV page {i} came back with other bytes"
+            st = bytes(state.kv_buffer[int(st_idx[i])].view(torch.uint8).numpy())
+            assert st == ctx["st"][i], f"v2 get: sidecar state {i} came back with other bytes"
+
+    def test_v2_trailing_pages_policy(self, open_backend: Any, storage_config: HiCacheStorageConfig) -> None:
+        # States only at pages 1 and 3 (prefix lengths 2 and 4): with a window of one page,
+        # exactly those prefixes are restorable.
+        backend, keys, _ = self._v2_setup(open_backend, storage_config, n=4, state_pages=[1, 3])
+        state = backend.__dict__["registered_pools"]["mamba"]
+        res = backend.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys[-1:], host_indices=None,
+                                                          hit_policy=PoolHitPolicy.TRAILING_PAGES)])
+        assert res.kv_hit_pages == 4, f"trailing_pages: usable prefix {res.kv_hit_pages}, expected 4"
+        assert res.restorable_prefix_pages == [2, 4], (
+            f"trailing_pages: restorable prefixes {res.restorable_prefix_pages}, expected [2, 4]"
+        )
+        assert state is not None
+
+    def test_v2_all_pages_policy_truncates_at_a_missing_sidecar(
+        self, open_backend: Any, storage_config: HiCacheStorageConfig
+    ) -> None:
+        backend, keys, _ = self._v2_setup(open_backend, storage_config, n=4, state_pages=[0, 1, 3])
+        res = backend.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys, hit_policy=PoolHitPolicy.ALL_PAGES)])
+        assert res.kv_hit_pages == 2, f"all_pages: a missing sidecar page 2 must cut the prefix to 2, got {res}"
+
+    def test_v2_sidecar_of_another_format_is_a_miss(
+        self, open_backend: Any, storage_config: HiCacheStorageConfig
+    ) -> None:
+        _, keys, _ = self._v2_setup(open_backend, storage_config, n=2)
+        state = HostStatePool(16, (15,), dtype=torch.int32)  # same bytes per slot, other dtype
+        other, _pool = _attach(open_backend, state, storage_config)
+        res = other.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys, hit_policy=PoolHitPolicy.ALL_PAGES)])
+        assert res.kv_hit_pages == 0, (
+            f"namespace isolation (v2): a float32 state page was a hit for an int32 state pool: {res}"
+        )
+
+    def test_v2_unregistered_pool_is_a_clear_error(
+        self, open_backend: Any, storage_config: HiCacheStorageConfig
+    ) -> None:
+        backend = open_backend(storage_config)
+        backend.register_mem_pool_host(HostKVPool(8 * PAGE, PAGE, 2, 2, 8, pin_memory=False))
+        with pytest.raises(Exception, match="register_mem_host_pool_v2"):
+            backend.batch_get_v2([PoolTransfer("swa", host_indices=torch.arange(PAGE), keys=["a" * 64])])
