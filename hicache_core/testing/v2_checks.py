@@ -79,7 +79,7 @@ class V2PoolTransferChecks:
         return backend, keys, {"pool": pool, "state": state, "kv": kv_bytes, "st": st_bytes, "marks": marks}
 
     def test_v2_round_trip_kv_and_sidecar(self, open_backend: Any, storage_config: HiCacheStorageConfig) -> None:
-        backend, keys, ctx = self._v2_setup(open_backend, storage_config)
+        _backend, keys, ctx = self._v2_setup(open_backend, storage_config)
         # A fresh node: new pools, indices scattered differently.
         state = HostStatePool(16, (3, 5), dtype=torch.float32)
         other, pool = _attach(open_backend, state, storage_config)
