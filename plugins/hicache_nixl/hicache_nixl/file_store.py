@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from hicache_core.memory.pages import PageGeometry, page_geometry
 from hicache_core.spec.errors import BackendConfigError, HiCacheError
 from hicache_nixl.files import PageFiles, SizeBound
 from hicache_nixl.spans import PageSpans
@@ -58,7 +59,7 @@ class NixlFileStore(NixlStore):
         if mode == "false":
             self.direct, self.direct_reason = False, "o_direct=false"
             return
-        misaligned = _misalignment(pool)
+        misaligned = _misalignment(self._geometry or page_geometry(pool))
         if misaligned:
             if mode == "true":
                 raise BackendConfigError(
@@ -87,8 +88,7 @@ class NixlFileStore(NixlStore):
 
     # ------------------------------------------------------------------ existence
     def _expected_size(self) -> int | None:
-        pool = self.mem_pool_host
-        return pool.page_bytes if pool is not None else None
+        return self.page_bytes
 
     def _exists(self, skeys: list[str], stop_at_miss: bool = False) -> list[bool]:
         expected = self._expected_size()
@@ -275,10 +275,10 @@ def _unlink(path: str) -> None:
         pass
 
 
-def _misalignment(pool: HostKVPool) -> str:
+def _misalignment(geometry: PageGeometry) -> str:
     """'' when every page piece is DIRECT_ALIGN aligned in address and length, else what is not."""
-    for page in {0, pool.page_num - 1}:
-        for piece in pool.page_pieces(page):
+    for page in {0, geometry.page_num - 1}:
+        for piece in geometry.pieces(page):
             if piece.ptr % DIRECT_ALIGN:
                 return f"host pool address {piece.ptr:#x} is not {DIRECT_ALIGN}-byte aligned"
             if piece.nbytes % DIRECT_ALIGN:

@@ -1,12 +1,14 @@
 """Where a page file lives, and the size bound over the page files.
 
 One file per page: ``<storage_dir>/<ab>/<cd>/<key>``, the two shard levels taken from a CRC
-of the key so that any key spreads evenly. Files are written under a temporary name and
+of the key so that any key spreads evenly (a key too long for a file name is named by its
+SHA-256). Files are written under a temporary name and
 renamed, so a reader sees a whole page or nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import os
@@ -21,8 +23,11 @@ from urllib.parse import quote
 log = logging.getLogger(__name__)
 
 _SHARD = re.compile(r"^[0-9a-f]{2}$")
-_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_.@\-]+$")
 TMP_MARK = ".tmp-"
+#: File names stop at 255 bytes; a longer (quoted) name, with room for the temporary suffix,
+#: becomes the SHA-256 of the key instead.
+_MAX_NAME = 200
 
 
 class PageFiles:
@@ -42,6 +47,8 @@ class PageFiles:
         name = key if _PLAIN_NAME.match(key) else quote(key, safe="")  # hex keys: no quoting cost
         if not name.strip("."):
             name = "%2E" * len(name) or "%00"
+        if len(name) > _MAX_NAME:
+            name = "sha256-" + hashlib.sha256(key.encode()).hexdigest()
         return f"{self._root}/{shard >> 8:02x}/{shard & 0xFF:02x}/{name}"
 
     def ensure_dir(self, path: str) -> None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from hicache_core.memory.pages import page_geometry
 from hicache_core.spec.capabilities import Capabilities
 from hicache_core.spec.errors import HiCacheError
 from hicache_nixl.spans import PageSpans
@@ -59,8 +60,9 @@ class NixlObjectStore(NixlStore):
     # ------------------------------------------------------------------ pool and staging
     def _on_pool(self, pool: HostKVPool) -> None:
         self._drop_staging()
-        if pool.pieces_per_page() > 1:
-            self._staging = torch.empty(self.settings.staging_pages * pool.page_bytes, dtype=torch.uint8)
+        geometry = self._geometry or page_geometry(pool)
+        if geometry.pieces_per_page > 1:
+            self._staging = torch.empty(self.settings.staging_pages * geometry.page_bytes, dtype=torch.uint8)
             self._staging_reg = self.agent.register_memory(self._staging, backends=[self.backend_name])
 
     def _drop_staging(self) -> None:

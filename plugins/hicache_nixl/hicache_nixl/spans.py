@@ -1,7 +1,9 @@
-"""Where the pages of a batch lie in host memory, as arrays NIXL descriptors are built from.
+"""The pages of a batch as arrays NIXL descriptors are built from.
 
-A page is ``k`` contiguous pieces (K then V for page layouts, per layer for ``layer_first``);
-its bytes in a file or object are the pieces one after another. Everything here is numpy,
+Where a page's pieces lie, and in which order, is the core's one rule
+(``hicache_core.memory.pages.PageGeometry``): the pieces in stored-byte order, so a page in a
+file or object is its pieces one after another, the same bytes the flat-tensor path stores.
+This module only turns those addresses into NIXL's descriptor rows. Everything here is numpy,
 because descriptor lists are built once per batch of up to 128 pages on the request path.
 """
 
@@ -9,13 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from hicache_core.memory.host_pool import HostKVPool
+from hicache_core.memory.pages import PageGeometry
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,13 @@ class PageSpans:
         return rows
 
     @classmethod
+    def of_pool_pages(cls, geometry: PageGeometry, pages: Sequence[int]) -> PageSpans:
+        """The pieces of host-pool ``pages``, in stored-byte order (the core's geometry)."""
+        ptr = geometry.piece_ptrs(pages)
+        size = np.full(ptr.shape, geometry.piece_nbytes, dtype=np.uint64)
+        return cls(ptr, size)
+
+    @classmethod
     def of_tensors(cls, tensors: Sequence[torch.Tensor]) -> PageSpans:
         """One piece per (contiguous, CPU) tensor."""
         ptr = np.array([[t.data_ptr()] for t in tensors], dtype=np.uint64).reshape(-1, 1)
@@ -69,37 +76,3 @@ class PageSpans:
         """One piece per page at the given addresses (a staging buffer)."""
         return cls(np.asarray(addresses, dtype=np.uint64).reshape(-1, 1),
                    np.asarray(lengths, dtype=np.uint64).reshape(-1, 1))
-
-
-class PoolGeometry:
-    """The pieces of any page of a host pool, computed from those of page 0.
-
-    In every layout of the host pool, piece ``j`` of page ``p`` sits ``p`` times a fixed
-    stride after piece ``j`` of page 0; that is checked on a few pages when the pool is
-    registered, and a pool that breaks it is served page by page through ``page_pieces``.
-    """
-
-    def __init__(self, pool: HostKVPool) -> None:
-        self.pool = pool
-        first = pool.page_pieces(0)
-        self.base = np.array([p.ptr for p in first], dtype=np.uint64)
-        self.size = np.array([p.nbytes for p in first], dtype=np.uint64)
-        self.stride = 0
-        self.linear = True
-        if pool.page_num > 1:
-            self.stride = pool.page_pieces(1)[0].ptr - first[0].ptr
-            self.linear = self.stride > 0
-            for page in {1, pool.page_num // 2, pool.page_num - 1}:
-                got = [p.ptr for p in pool.page_pieces(page)]
-                if not self.linear or got != [int(b) + page * self.stride for b in self.base]:
-                    self.linear = False
-                    break
-
-    def spans(self, pages: Sequence[int]) -> PageSpans:
-        n = len(pages)
-        if self.linear:
-            offsets = np.asarray(pages, dtype=np.uint64) * np.uint64(self.stride)
-            ptr = self.base[None, :] + offsets[:, None]
-        else:
-            ptr = np.array([[p.ptr for p in self.pool.page_pieces(page)] for page in pages], dtype=np.uint64)
-        return PageSpans(ptr.reshape(n, -1), np.broadcast_to(self.size, (n, self.size.size)).copy())

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from hicache_core.memory.pages import PageGeometry, page_geometry
 from hicache_core.spec.capabilities import Capabilities
 from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
 from hicache_core.spec.errors import BackendConfigError
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_nixl.session import NixlSession
 from hicache_nixl.settings import NixlSettings
-from hicache_nixl.spans import PageSpans, PoolGeometry
+from hicache_nixl.spans import PageSpans
 from hicache_nixl.transfer import Outcome, Transfers
 
 if TYPE_CHECKING:
@@ -96,10 +97,10 @@ class NixlStore(HiCacheStorage):
         self.transfers = Transfers(self.agent, self.backend_name, self.selection.segment,
                                    self.settings.transfer_timeout_s)
         self.counters = Counters()
-        self.suffix = self.config.namespace_suffix()
         self._pool_reg: Any = None
         self._pool_range = (0, 0)
-        self._geometry: PoolGeometry | None = None
+        #: Where each pool page's pieces lie (the core's rule), set when the pool is registered.
+        self._geometry: PageGeometry | None = None
         self._closed = False
 
     # ------------------------------------------------------------------ flavour hooks
@@ -134,7 +135,7 @@ class NixlStore(HiCacheStorage):
         self._pool_reg = self.agent.register_memory(buf, backends=[self.backend_name])
         start = buf.data_ptr()
         self._pool_range = (start, start + buf.numel() * buf.element_size())
-        self._geometry = PoolGeometry(mem_pool_host)
+        self._geometry = page_geometry(mem_pool_host)
         self._on_pool(mem_pool_host)
 
     def _deregister_pool(self) -> None:
@@ -168,13 +169,19 @@ class NixlStore(HiCacheStorage):
 
     # ------------------------------------------------------------------ keys and pieces
     def _skeys(self, keys: Sequence[str]) -> list[str]:
-        return [f"{k}{self.suffix}" for k in keys]
+        # The pool namespace (model, page format, shard): a page of an incompatible pool is a miss.
+        return [self.page_key(k) for k in keys]
+
+    @property
+    def page_bytes(self) -> int | None:
+        """Bytes of one stored page of the registered pool; None before one is registered."""
+        return self._geometry.page_bytes if self._geometry is not None else None
 
     def _pool_spans(self, pool: HostKVPool, host_indices: torch.Tensor) -> PageSpans:
         geometry = self._geometry
-        if geometry is None or geometry.pool is not pool:
-            geometry = self._geometry = PoolGeometry(pool)
-        return geometry.spans(pool.indices_to_pages(host_indices))
+        if geometry is None:
+            geometry = self._geometry = page_geometry(pool)
+        return PageSpans.of_pool_pages(geometry, pool.indices_to_pages(host_indices))
 
     def _in_pool(self, ptr: int, nbytes: int) -> bool:
         start, end = self._pool_range
@@ -249,8 +256,8 @@ class NixlStore(HiCacheStorage):
                     log.warning("nixl: deregistering buffers failed: %s", exc)
 
     def _page_bytes_hint(self, skey: str) -> int | None:
-        pool = self.mem_pool_host
-        return pool.page_bytes if pool is not None else self._stored_size(skey)
+        page_bytes = self.page_bytes
+        return page_bytes if page_bytes is not None else self._stored_size(skey)
 
     def batch_get(
         self, keys: list[str], target_locations: Any | None = None, target_sizes: Any | None = None
@@ -285,8 +292,8 @@ class NixlStore(HiCacheStorage):
                 out[i] = target
             else:
                 pool = self.mem_pool_host
-                itemsize = pool.itemsize if pool is not None else 1
-                out[i] = buf.view(pool.dtype) if pool is not None and buf.numel() % itemsize == 0 else buf
+                dtype = pool.kv_buffer.dtype if pool is not None else torch.uint8
+                out[i] = buf.view(dtype) if buf.numel() % dtype.itemsize == 0 else buf
         return out
 
     def get(self, key: str, target_location: Any | None = None, target_sizes: Any | None = None) -> torch.Tensor | None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from hicache_core import HiCacheStorageConfig, HostKVPool, create_backend
+from hicache_core.memory.pages import read_flat_page
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_core.testing.processes import free_port
 
@@ -15,9 +16,10 @@ __all__ = ["ACCESS_KEY", "SECRET_KEY", "S3Server", "assert_round_trip", "fill", 
 
 
 def make_pool(pages: int = 64, page_size: int = 16, layout: str = "page_first", is_mla: bool = False,
-              layer_num: int = 2, head_num: int = 2, head_dim: int = 8) -> HostKVPool:
+              layer_num: int = 2, head_num: int = 2, head_dim: int = 8,
+              dtype: torch.dtype = torch.bfloat16) -> HostKVPool:
     return HostKVPool(size=pages * page_size, page_size=page_size, layer_num=layer_num, head_num=head_num,
-                      head_dim=head_dim, dtype=torch.bfloat16, layout=layout, is_mla=is_mla)
+                      head_dim=head_dim, dtype=dtype, layout=layout, is_mla=is_mla)
 
 
 def open_nixl(extra: dict[str, Any], pool: HostKVPool | None = None, **config: Any) -> HiCacheStorage:
@@ -39,8 +41,8 @@ def fill(pool: HostKVPool, n: int, seed: int) -> tuple[torch.Tensor, list[bytes]
 
 
 def page_bytes(pool: HostKVPool, page: int) -> bytes:
-    """A page's bytes in storage order: its pieces one after another (K then V)."""
-    return b"".join(bytes(v) for v in pool.page_memoryviews(page))
+    """A page's stored bytes: the core's flat page (``hicache_core.memory.pages``)."""
+    return bytes(read_flat_page(pool, page).view(torch.uint8).numpy())
 
 
 def read_pages(pool: HostKVPool, idx: torch.Tensor) -> list[bytes]:

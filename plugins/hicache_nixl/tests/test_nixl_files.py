@@ -22,6 +22,7 @@ from hicache_nixl.files import TMP_MARK
 from hicache_nixl.transfer import Outcome
 from nixl_helpers import assert_round_trip, fill, make_pool, open_nixl
 
+from hicache_core.memory.pages import page_geometry
 from hicache_core.spec.errors import BackendConfigError
 
 
@@ -52,9 +53,10 @@ def test_one_sharded_file_per_page_with_the_page_bytes(tmp_path: Path) -> None:
     for f in files:
         rel = f.relative_to(tmp_path).parts
         assert len(rel) == 3 and all(len(part) == 2 for part in rel[:2])  # two shard levels
-        assert rel[2].endswith("_test-model_0_1")  # the namespace suffix is part of the name
-    by_name = {f.name.split("_")[0]: f.read_bytes() for f in files}
-    assert [by_name["a1"], by_name["b2"], by_name["c3"]] == expected  # K piece then V piece
+        assert rel[2].endswith("@" + store.namespace)  # the pool namespace is part of the name
+    assert "tp0of1" in store.namespace and "mha-bf16" in store.namespace
+    by_name = {f.name.split("@")[0]: f.read_bytes() for f in files}
+    assert [by_name["a1"], by_name["b2"], by_name["c3"]] == expected  # the flat page: K piece then V piece
     store.close()
 
 
@@ -260,6 +262,7 @@ def _aligned_pool() -> object:
     aligned = raw[skip: skip + pool.kv_buffer.numel() * pool.kv_buffer.element_size()]
     pool.kv_buffer = aligned.view(pool.dtype).view(pool.kv_buffer.shape)
     pool._aligned_owner = raw  # type: ignore[attr-defined]  # keep the allocation alive
+    pool.geometry = page_geometry(pool)  # the pieces now lie in the re-seated buffer
     return pool
 
 

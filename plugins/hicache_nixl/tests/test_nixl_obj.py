@@ -27,8 +27,8 @@ def test_pages_are_objects_named_by_key(s3_server: S3Server, bucket: str) -> Non
     assert store.batch_set_v1(["p0", "p1", "p2"], idx) == [True] * 3
     s3 = s3_server.client()
     listed = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"])
-    assert listed == [f"kv/p{i}_test-model_0_1" for i in range(3)]
-    bodies = [s3.get_object(Bucket=bucket, Key=f"kv/p{i}_test-model_0_1")["Body"].read() for i in range(3)]
+    assert listed == [f"kv/{store.page_key(f'p{i}')}" for i in range(3)]
+    bodies = [s3.get_object(Bucket=bucket, Key=f"kv/{store.page_key(f'p{i}')}")["Body"].read() for i in range(3)]
     assert bodies == expected  # one whole page per object: K piece then V piece
     store.close()
 
@@ -37,7 +37,7 @@ def test_an_object_put_by_a_plain_client_is_read_into_the_pool(s3_server: S3Serv
     pool = make_pool()
     store = open_nixl(s3_server.obj_config(bucket), pool)
     _, expected = fill(pool, 1, seed=2)
-    s3_server.client().put_object(Bucket=bucket, Key="foreign_test-model_0_1", Body=expected[0])
+    s3_server.client().put_object(Bucket=bucket, Key=store.page_key("foreign"), Body=expected[0])
     assert store.exists("foreign") is True
     dest = pool.alloc(pool.page_size)
     assert dest is not None
