@@ -34,6 +34,7 @@ from hicache_core.memory.pages import (
     PagePiece,
     page_format,
     page_geometry,
+    page_memoryviews,
     page_view,
 )
 from hicache_core.spec.errors import LayoutError
@@ -124,6 +125,31 @@ class HostKVPool:
         self.geometry: PageGeometry = page_geometry(self)
         #: What this pool's page bytes mean; part of every key namespace.
         self.page_format: PageFormat = page_format(self)
+
+    def head_group_view(self, group: int, groups: int) -> HostKVPool:
+        """Heads ``group*H/groups .. (group+1)*H/groups`` of every page, as a pool of their own.
+
+        Only for ``page_head`` pools, where a page's heads are contiguous per K and V: the view
+        shares this pool's memory (no copy) and its pages are the head group's bytes, so a
+        backend stores them like any page. That is how pages are shared across TP sizes (see
+        ``hicache_core.plugins.split_heads``). The view allocates nothing; its owner does.
+        """
+        if self.layout != "page_head":
+            raise LayoutError(f"head groups need the page_head layout, this pool is {self.layout!r}")
+        if groups <= 0 or self.head_num % groups or not 0 <= group < groups:
+            raise ValueError(f"cannot split {self.head_num} heads into {groups} groups (group {group})")
+        heads = self.head_num // groups
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        view.head_num = heads
+        view.kv_buffer = self.kv_buffer[:, :, group * heads : (group + 1) * heads]
+        view.size_per_token = view.get_size_per_token()
+        view._lock = threading.Lock()
+        view._free_pages, view._free_set = [], set()
+        del view.__dict__["page_format"]  # the parent's; the view's heads are fewer
+        view.geometry = page_geometry(view)
+        view.page_format = page_format(view)
+        return view
 
     # ------------------------------------------------------------------ shape and sizes
     def _buffer_shape(self) -> tuple[int, ...]:
@@ -374,8 +400,7 @@ class HostKVPool:
 
         What file-like backends hand to ``readinto``/``preadv``/``pwritev``.
         """
-        flat = self.kv_buffer.view(-1).view(torch.uint8).numpy()
-        return [memoryview(flat[a:b]) for a, b in self.geometry.byte_ranges(page)]  # type: ignore[arg-type]
+        return page_memoryviews(self, page, self.geometry)
 
     def __repr__(self) -> str:
         kind = "MLA" if self.is_mla else "MHA"

@@ -40,7 +40,8 @@ def _scattered(pool: Any, n: int) -> torch.Tensor:
     assert first is not None and second is not None
     pool.free(first)
     pages = pool.indices_to_pages(second)[::-1]
-    return pool.pages_to_indices(pages)
+    indices: torch.Tensor = pool.pages_to_indices(pages)
+    return indices
 
 
 def _random_fill(pool: Any, seed: int) -> None:
