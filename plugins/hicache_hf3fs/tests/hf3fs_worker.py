@@ -82,7 +82,7 @@ def mode_exchange(args: dict[str, Any]) -> dict[str, Any]:
 def mode_slow_writer(args: dict[str, Any]) -> dict[str, Any]:
     """Allocate a slot, write half of the page, wait for 'go' on stdin, finish and confirm."""
     backend, pool = open_backend(args)
-    key = args["key"] + backend.suffix
+    key = backend.page_key(args["key"])
     pb = pool.page_bytes
     (alloc,) = backend.metadata.allocate([key], [None])
     assert alloc.status == NEW, alloc

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from hicache_hf3fs.config import CONFIG_ENV, Hf3fsSettings, rank_file_path, resolve_settings
 from hicache_hf3fs.mounts import Mount, hf3fs_mount_of, mount_of, parse_mounts
-from hicache_hf3fs.store import choose_client, metadata_namespace
+from hicache_hf3fs.selection import choose_client, metadata_namespace
 
 from hicache_core import HiCacheStorageConfig
 from hicache_core.spec.errors import BackendConfigError

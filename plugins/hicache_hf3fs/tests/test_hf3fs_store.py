@@ -20,7 +20,7 @@ from hicache_core import HiCacheStorageConfig
 from hicache_core.memory.host_pool import HostKVPool
 from hicache_core.plugins.factory import create_backend
 from hicache_core.spec.config import HiCacheStorageExtraInfo
-from hicache_core.spec.errors import BackendConfigError, HiCacheError, LayoutError
+from hicache_core.spec.errors import BackendConfigError, HiCacheError
 from hicache_core.testing.pages import fill_random_pages, read_page_bytes
 
 SHAPE = {"page_size": 16, "layer_num": 2, "head_num": 2, "head_dim": 8, "dtype": torch.bfloat16}
@@ -81,13 +81,6 @@ def test_usrbio_client_refused_off_3fs(tmp_path: Path) -> None:
         Hf3fsStore(config(tmp_path / "kv", client="usrbio"))
 
 
-def test_layer_first_pool_is_refused(tmp_path: Path, opened: list[Hf3fsStore]) -> None:
-    backend = Hf3fsStore(config(tmp_path / "kv"))
-    opened.append(backend)
-    with pytest.raises(LayoutError, match="page_first"):
-        backend.register_mem_pool_host(make_pool("layer_first"))
-
-
 def test_file_too_small_for_one_page(tmp_path: Path, opened: list[Hf3fsStore]) -> None:
     backend = Hf3fsStore(config(tmp_path / "kv", file_size=100))
     opened.append(backend)
@@ -100,7 +93,7 @@ def test_pages_sit_at_fixed_slot_offsets_of_the_rank_file(tmp_path: Path, open_s
     idx, expected = fill_random_pages(pool, 3, seed=1)
     keys = ["k0", "k1", "k2"]
     assert backend.batch_set_v1(keys, idx) == [True] * 3
-    refs = backend.metadata.lookup([k + backend.suffix for k in keys])
+    refs = backend.metadata.lookup([backend.page_key(k) for k in keys])
     raw = (tmp_path / "kv.1.bin").read_bytes()
     pb = pool.page_bytes
     for ref, want in zip(refs, expected):
@@ -284,7 +277,7 @@ def test_entry_point_lists_the_backend_and_creates_it(tmp_path: Path, opened: li
     rows = {r.name: r for r in default_registry().describe()}
     row = rows["hf3fs"]
     assert row.status == "available" and row.distribution == "hicache-hf3fs"
-    assert "zero_copy_v1" in row.capabilities and "requires_page_layout" in row.capabilities
+    assert "zero_copy_v1" in row.capabilities and "requires_page_layout" not in row.capabilities
     assert "plain-file mode only" in row.description  # no usrbio client on this machine
     backend = create_backend("hf3fs", config(tmp_path / "kv"), mem_pool_host=make_pool())
     assert isinstance(backend, Hf3fsStore)

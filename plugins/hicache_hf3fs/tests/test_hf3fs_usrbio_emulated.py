@@ -189,3 +189,33 @@ def test_store_keeps_a_timed_out_write_slot_leased(tmp_path: Path) -> None:
         assert backend.get_stats()["write_io_errors"] == 1
     finally:
         backend.close()
+
+
+def test_store_moves_layer_first_pages_through_the_rings(tmp_path: Path) -> None:
+    """A layer_first page is 2 x layers pieces; the rings gather and scatter them in the core's
+    stored-byte order (K of every layer, then V), the same bytes the tensor path reads."""
+    from hicache_hf3fs.store import Hf3fsStore
+
+    from hicache_core import HiCacheStorageConfig
+    from hicache_core.memory.host_pool import HostKVPool
+    from hicache_core.testing.pages import fill_random_pages, read_page_bytes, tensor_bytes
+
+    pool = HostKVPool(size=8 * 16, page_size=16, layer_num=3, head_num=2, head_dim=8, layout="layer_first")
+    extra = {"file_path_prefix": str(tmp_path / "kv"), "file_size": 8 * pool.page_bytes, "client": "file"}
+    backend = Hf3fsStore(HiCacheStorageConfig(model_name="m", is_page_first_layout=False, extra_config=extra))
+    try:
+        backend.register_mem_pool_host(pool)
+        assert backend.io is not None
+        backend.io.close()
+        backend.io = UsrbioClient(backend.file_path, 8 * pool.page_bytes, pool.page_bytes, "/hf3fs",
+                                  entries=4, numjobs=1, io_module=UsrbioEmulation())  # type: ignore[arg-type]
+        idx, expected = fill_random_pages(pool, 3, seed=7)
+        assert backend.batch_set_v1(["a", "b", "c"], idx) == [True] * 3
+        dest = pool.alloc(3 * pool.page_size)
+        assert dest is not None
+        assert backend.batch_get_v1(["a", "b", "c"], dest) == [True] * 3
+        assert read_page_bytes(pool, dest) == expected
+        got = backend.batch_get(["a", "b", "c"], [pool.get_dummy_flat_data_page() for _ in range(3)])
+        assert [tensor_bytes(t) if t is not None else None for t in got] == expected
+    finally:
+        backend.close()
