@@ -44,6 +44,8 @@ class DirStore(HiCacheStorage):
     """One file per page in a directory; a real file backend in ~60 lines."""
 
     capabilities = Capabilities(zero_copy_v1=True, delete=True, clear=True, persistent=True)
+    #: What the status endpoints may show (an allow-list; anything else is shown as ***).
+    config_public_fields = ("root", "ctor_delay_s")
 
     def __init__(self, config: HiCacheStorageConfig) -> None:
         super().__init__(config)
@@ -90,7 +92,7 @@ class DirStore(HiCacheStorage):
             p.unlink(missing_ok=True)
 
     def _write(self, key: str, views: list[memoryview]) -> None:
-        tmp = self.root / f".{key}.{uuid.uuid4().hex}.tmp"
+        tmp = self.root / f".{uuid.uuid4().hex}.tmp"
         with open(tmp, "wb") as f:
             for v in views:
                 f.write(v)

@@ -18,6 +18,9 @@ from hicache_core.spec.storage import HiCacheStorage
 
 
 class DirStore(HiCacheStorage):
+    #: What the status endpoints may show (an allow-list; anything else is shown as ***).
+    config_public_fields = ("path", "fail_rank")
+
     def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(config)
         path = self.config.extra().get("path")

@@ -313,6 +313,8 @@ def test_no_threads_left_after_close(pool: HostKVPool, tmp_path: Path) -> None:
 
 
 def test_backend_view_of_non_json_values(ctl: StorageController, tmp_path: Path) -> None:
-    ctl.attach("dirstore", {**_extra(tmp_path), "where": tmp_path})
-    assert json.loads(ctl.backend_view()["hicache_storage_backend_extra_config_json"])["where"] == str(tmp_path)
-    assert json.loads(json.dumps(ctl.status()))["extra_config"]["where"] == str(tmp_path)
+    ctl.attach("dirstore", {**_extra(tmp_path), "ctor_delay_s": 0.0, "where": tmp_path})
+    view = json.loads(ctl.backend_view()["hicache_storage_backend_extra_config_json"])
+    assert view["root"] == str(tmp_path / "a") and view["ctor_delay_s"] == 0.0
+    assert view["where"] == "***"  # not in DirStore's allow-list: never shown, whatever its type
+    assert json.loads(json.dumps(ctl.status()))["extra_config"]["where"] == "***"

@@ -151,7 +151,9 @@ def test_mid_batch_failure_truncates_hit(
     check_pages(pool, hs[:150], res.host_indices)
     pool.free(res.host_indices)
     assert pool.available_size() == free_before  # pages after the failure went back
-    assert ctl.metrics.sample("hicache_backend_failures_total", {"op": "batch_get_v1", "kind": "pages"}) == 1
+    # A page the backend answered False for is refused, not a failed call: it never feeds the breaker.
+    assert ctl.metrics.sample("hicache_backend_refused_pages_total", {"op": "batch_get_v1"}) == 50
+    assert ctl.metrics.sample("hicache_backend_failures_total", {"op": "batch_get_v1", "kind": "pages"}) is None
 
 
 def test_full_pool_loads_fewer(tmp_path: Path) -> None:

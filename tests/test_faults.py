@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -146,13 +147,21 @@ def test_controller_wraps_backend_when_env_configures_faults(tmp_path: Path, mon
         ctl.close()
 
 
+class _NamespacedDirStore(DirStore):
+    """DirStore under the core's key rule (``page_key``: model, page format, shard), as the kit
+    requires of every backend: another pool's page must be a miss, never a wrong hit."""
+
+    def _path(self, key: str) -> Path:
+        return self.root / hashlib.sha256(self.page_key(key).encode()).hexdigest()  # any key length
+
+
 class TestWrapperKeepsTheContract(StorageConformanceTests):
     """The conformance kit through the wrapper (faults configured but inactive)."""
 
     @pytest.fixture
     def open_backend(self, tmp_path: Path) -> Callable[[HiCacheStorageConfig], HiCacheStorage]:
         def _open(config: HiCacheStorageConfig) -> HiCacheStorage:
-            inner = DirStore(replace(config, extra_config={"root": str(tmp_path / "store")}))
+            inner = _NamespacedDirStore(replace(config, extra_config={"root": str(tmp_path / "store")}))
             return FaultInjectingStorage(inner, FaultConfig(delay_ms=(0.0, 0.1), seed=0))
 
         return _open

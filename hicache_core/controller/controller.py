@@ -13,21 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 from prometheus_client import CollectorRegistry
 
+from hicache_core.controller.attach_check import check_config_model, check_paths, probe_store
+from hicache_core.controller.backend_models import config_model_for
+from hicache_core.controller.breaker import BreakerMixin, BreakerState, now_iso
 from hicache_core.controller.errors import ControllerError
 from hicache_core.controller.faults import FaultInjectingStorage, parse_fault_config, strip_fault_key
-from hicache_core.controller.guard import DaemonPool
 from hicache_core.controller.metrics import ControllerMetrics
 from hicache_core.controller.policies import (
     DEFAULT_PREFETCH_POLICY,
@@ -38,8 +38,11 @@ from hicache_core.controller.policies import (
     write_policy_allows,
 )
 from hicache_core.controller.prefetch import PrefetchOperation, PrefetchResult
+from hicache_core.controller.ratelimit import limit_backend_logs
 from hicache_core.controller.session import AttachSpec, BackupJob, Session, _Once
-from hicache_core.plugins.factory import create_backend
+from hicache_core.controller.shown_config import public_fields, shown_config, strip_userinfo
+from hicache_core.controller.workers import admin_workers
+from hicache_core.plugins.factory import create_backend, resolve_backend_class
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.errors import HiCacheError
 
@@ -51,59 +54,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SWITCH_MODES: tuple[str, ...] = ("quiesce", "idle")
-_SECRET = re.compile(r"secret|password|passwd|credential|access_key|api_key|auth", re.IGNORECASE)
 
-T = TypeVar("T")
+#: Seconds a ``get_stats()`` answer is reused (status and /metrics read it often).
+STATS_TTL_S = 1.0
 
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def redact(extra: dict[str, Any]) -> dict[str, Any]:
-    """``extra`` with secret-looking values replaced and every value JSON-serialisable."""
-    out: dict[str, Any] = {}
-    for k, v in extra.items():
-        if _SECRET.search(str(k)):
-            out[str(k)] = "***"
-        elif isinstance(v, dict):
-            out[str(k)] = redact(v)
-        elif isinstance(v, (list, tuple)):
-            out[str(k)] = [_plain(x) for x in v]
-        elif isinstance(v, (str, int, float, bool, type(None))):
-            out[str(k)] = v
-        else:
-            out[str(k)] = str(v)
-    return out
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return redact(value)
-    if isinstance(value, (list, tuple)):
-        return [_plain(x) for x in value]
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-
-
-@dataclass
-class BreakerState:
-    """The circuit breaker of one controller."""
-
-    threshold: int
-    state: str = "closed"  # "closed" (calls flow) or "open" (backend detached by the breaker)
-    consecutive_failures: int = 0
-    trips: int = 0
-    opened_at: str | None = None
-    reason: str | None = None
-    last_probe_at: str | None = None
-    last_probe_error: str | None = None
-    probes: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-class StorageController:
+class StorageController(BreakerMixin):
     """Attaches one L3 backend at a time to ``host_pool`` and moves pages both ways.
 
     Admin operations (``attach``, ``detach``, ``close``) are thread-safe and raise
@@ -157,8 +112,11 @@ class StorageController:
             raise ValueError(f"prefetch_workers must be at least 1, got {prefetch_workers}")
         self.prefetch_workers = prefetch_workers
         self.metrics = ControllerMetrics(metrics_registry, rank)
-        self._prefetch_policy = check_prefetch_policy(prefetch_policy)
-        self._write_policy = check_write_policy(write_policy)
+        self.metrics.stats_source(self.backend_stats)
+        self._default_prefetch_policy = check_prefetch_policy(prefetch_policy)
+        self._default_write_policy = check_write_policy(write_policy)
+        self._prefetch_policy = self._default_prefetch_policy
+        self._write_policy = self._default_write_policy
         self._suffix = self.storage_config.namespace_suffix() if add_namespace_suffix else ""
         self._admin = threading.RLock()
         self._session: Session | None = None
@@ -172,6 +130,12 @@ class StorageController:
         self._last_error: str | None = None
         self._last_error_at: str | None = None
         self._closed = False
+        self._reattached_at = float("-inf")
+        #: Bumped whenever pages L2 believes are in L3 may be gone: every new session (attach,
+        #: switch, breaker re-attach). A knobs-only re-attach keeps it.
+        self._storage_epoch = 0
+        self._shown_fields: frozenset[str] = frozenset()
+        self._stats_cache: tuple[float, Session | None, dict[str, Any] | None] = (0.0, None, None)
 
     # ================================================================== properties
     @property
@@ -186,6 +150,11 @@ class StorageController:
     @property
     def write_policy(self) -> str:
         return self._write_policy
+
+    @property
+    def storage_epoch(self) -> int:
+        """Changes whenever L3's content may differ from what L2 recorded as stored."""
+        return self._storage_epoch
 
     @property
     def prefetch_policy(self) -> str:
@@ -228,11 +197,17 @@ class StorageController:
                 raise ControllerError(f"unknown switch_mode {switch_mode!r}; use one of {', '.join(SWITCH_MODES)}")
             if not isinstance(backend, str) or not backend:
                 raise ControllerError("Reject attach: give the storage backend's name")
-            new_prefetch = check_prefetch_policy(prefetch_policy) if prefetch_policy else self._prefetch_policy
-            new_write = check_write_policy(write_policy) if write_policy else self._write_policy
             spec = self._make_spec(backend, extra_config)
             current = self._session
-            if current is not None and current.spec.same_backend(spec):
+            same = current is not None and current.spec.same_backend(spec)
+            # A policy left out keeps the one in force for a knobs-only re-attach; a new
+            # attach starts from the node's defaults (one attach's choice must not leak into
+            # the next attach's).
+            keep_prefetch = self._prefetch_policy if same else self._default_prefetch_policy
+            keep_write = self._write_policy if same else self._default_write_policy
+            new_prefetch = check_prefetch_policy(prefetch_policy) if prefetch_policy else keep_prefetch
+            new_write = check_write_policy(write_policy) if write_policy else keep_write
+            if current is not None and same:
                 current.spec, current.knobs = spec, spec.knobs  # the session says what is in force
                 self._spec = spec
                 self._prefetch_policy, self._write_policy = new_prefetch, new_write
@@ -285,6 +260,7 @@ class StorageController:
             self._state = "detached"
             self._generation += 1
             self._reset_breaker()
+            self._prefetch_policy, self._write_policy = self._default_prefetch_policy, self._default_write_policy
             self.metrics.set_attached(False)
             if old is not None:
                 old.stop(self.quiesce_timeout_s)
@@ -325,7 +301,7 @@ class StorageController:
             "rank": self.rank,
             "state": state,
             "backend": spec.backend if spec is not None else None,
-            "extra_config": redact(spec.extra_config) if spec is not None else None,
+            "extra_config": shown_config(spec.extra_config, self._shown_fields) if spec is not None else None,
             "prefetch_policy": self._prefetch_policy,
             "write_policy": self._write_policy,
             "policies": {
@@ -339,14 +315,17 @@ class StorageController:
             ),
             "breaker": {**breaker, "auto_reattach": self.auto_reattach, "probe_interval_s": self.probe_interval_s},
             "counters": self.metrics.snapshot(),
-            "queues": {"prefetch": pending[0], "backup": pending[1]},
+            "backend_stats": self.backend_stats_shown(),
+            "storage_epoch": self._storage_epoch,
+            "queues": {"prefetch": pending[0], "backup": pending[1],
+                       "backup_backing_off": sess.backing_off if sess is not None else False},
             "fault_injection": (
                 {**faults.faults.to_dict(), "fail_all": faults.switch.fail_all, **faults.injected}
                 if faults is not None else None
             ),
             "io_timeout_s": self.io_timeout_s,
             "namespace_suffix": self._suffix,
-            "last_error": self._last_error,
+            "last_error": strip_userinfo(self._last_error) if self._last_error else None,
             "last_error_at": self._last_error_at,
         }
 
@@ -357,10 +336,41 @@ class StorageController:
         extra = self._spec.extra_config if sess is not None and self._spec is not None else None
         return {
             "hicache_storage_backend": spec.backend if spec is not None else None,
-            "hicache_storage_backend_extra_config_json": json.dumps(redact(extra)) if extra else None,
+            "hicache_storage_backend_extra_config_json": (
+                json.dumps(shown_config(extra, self._shown_fields)) if extra else None
+            ),
             "hicache_storage_prefetch_policy": self._prefetch_policy,
             "hicache_write_policy": self._write_policy,
         }
+
+    def backend_stats(self) -> tuple[str, dict[str, Any]] | None:
+        """(backend name, its ``get_stats()``), read at most once per ``STATS_TTL_S``; None when none."""
+        sess = self._session
+        if sess is None:
+            return None
+        at, cached_sess, cached = self._stats_cache
+        if cached_sess is sess and time.monotonic() - at < STATS_TTL_S:
+            return (sess.name, cached) if cached is not None else None
+        out = sess.guard.call("get_stats", sess.backend.get_stats, report=False)
+        stats = out.value if out.ok and isinstance(out.value, dict) else None
+        self._stats_cache = (time.monotonic(), sess, stats)
+        return (sess.name, stats) if stats is not None else None
+
+    def backend_stats_shown(self) -> dict[str, Any] | None:
+        """The backend's ``get_stats()`` for status: numbers and flags; strings only if public."""
+        got = self.backend_stats()
+        if got is None:
+            return None
+        _, stats = got
+        out: dict[str, Any] = {}
+        for k, v in stats.items():
+            if isinstance(v, (bool, int, float)) or v is None:
+                out[str(k)] = v
+            elif isinstance(v, dict):
+                out[str(k)] = {str(a): b for a, b in v.items() if isinstance(b, (bool, int, float))}
+            elif isinstance(v, str) and str(k) == "path":
+                out[str(k)] = strip_userinfo(v)
+        return out
 
     # ================================================================== request path
     def prefetch(self, page_hashes: list[str], prefix_hashes: list[str] | None = None) -> PrefetchOperation | None:
@@ -475,19 +485,39 @@ class StorageController:
                     f"Reject {op}: storage workers are not idle. #prefetch={prefetches} #backup={backups}"
                 )
 
-    def _bounded(self, what: str, fn: Callable[[], T], cleanup: Callable[[T], None]) -> T:
-        """Run ``fn`` within ``attach_timeout_s``; a late result is handed to ``cleanup``."""
-        pool = DaemonPool(1, f"hicache-attach-r{self.rank}")  # a hung call must not block exit
-        fut: Future[T] = pool.submit(fn)
-        pool.shutdown(cancel_queued=False)
+    def _bounded(self, what: str, fn: Callable[[], Any], cleanup: Callable[[Any], None]) -> Any:
+        """Run ``fn`` on the shared admin pool within ``attach_timeout_s``; see ``workers``."""
         try:
-            return fut.result(timeout=self.attach_timeout_s)
-        except FutureTimeout:
-            fut.add_done_callback(lambda f: cleanup(f.result()) if f.exception() is None else None)
+            return admin_workers().run(what, fn, self.attach_timeout_s, cleanup)
+        except TimeoutError:
             raise TimeoutError(f"{what} took longer than attach_timeout_s={self.attach_timeout_s:g}") from None
 
+    def _check_config(self, name: str, extra: dict[str, Any]) -> None:
+        """The backend's config schema (``config_model``) and the path rules; see ``attach_check``."""
+        cls: type | None = None
+        try:
+            cls, _, _ = resolve_backend_class(name, extra, self.registry)
+        except HiCacheError:
+            return  # create_backend reports it with the full story
+        model_cls = cls if getattr(cls, "config_model", None) is not None else config_model_for(name)
+        if model_cls is not None:
+            check_config_model(name, model_cls, extra)
+        else:
+            spec_names = self._declared_options(name)
+            check_paths(name, extra, names=spec_names)
+        self._shown_fields = public_fields(name, cls)
+
+    def _declared_options(self, name: str) -> set[str] | None:
+        try:
+            from hicache_core.plugins.registry import default_registry
+
+            spec = (self.registry or default_registry()).spec(name)
+        except Exception:
+            return None
+        return {o.name for o in spec.config_options}
+
     def _build_session(self, spec: AttachSpec) -> Session:
-        """Create the backend, wrap it, register the host pool; a session not yet started."""
+        """Create the backend, wrap it, register the host pool, prove it can store a page."""
         name = spec.backend
         config = replace(self.storage_config, extra_config=spec.backend_extra)
 
@@ -498,7 +528,8 @@ class StorageController:
                 log.debug("closing a late backend raised", exc_info=True)
 
         try:
-            backend = self._bounded(
+            self._check_config(name, spec.backend_extra)
+            backend: HiCacheStorage = self._bounded(
                 f"creating backend {name!r}",
                 lambda: create_backend(name, config, None, self.registry),
                 _quiet_close,
@@ -509,8 +540,10 @@ class StorageController:
             raise ControllerError(
                 f"Reject attach: cannot create storage backend {name!r}: {type(exc).__name__}: {exc}"
             ) from exc
-        if spec.faults is not None:
-            backend = FaultInjectingStorage(backend, spec.faults)
+        limit_backend_logs(type(backend).__module__)
+        inner = getattr(backend, "inner", None)
+        if inner is not None:
+            limit_backend_logs(type(inner).__module__)
         try:
             self._bounded(
                 f"registering the host pool with {name!r}",
@@ -523,6 +556,19 @@ class StorageController:
                 f"Reject attach: storage backend {name!r} refused the host pool "
                 f"({self.host_pool.layout}): {type(exc).__name__}: {exc}"
             ) from exc
+        if self.storage_config.is_writer_rank:
+            try:
+                problem = self._bounded(
+                    f"probing {name!r} with one page", lambda: probe_store(backend, self.host_pool, name),
+                    lambda _none: None,
+                )
+            except Exception as exc:
+                problem = f"probing storage backend {name!r} failed: {type(exc).__name__}: {exc}"
+            if problem is not None:
+                _quiet_close(backend)
+                raise ControllerError(f"Reject attach: {problem}")
+        if spec.faults is not None:
+            backend = FaultInjectingStorage(backend, spec.faults)
         return Session(
             spec, backend, self.host_pool, rank=self.rank, key_suffix=self._suffix,
             is_writer=self.storage_config.is_writer_rank, io_timeout_s=self.io_timeout_s,
@@ -540,6 +586,9 @@ class StorageController:
         self._spec = spec
         self._state = "attached"
         self._generation += 1
+        self._storage_epoch += 1  # a new instance: what L2 recorded as stored may be gone
+        if reattach:
+            self._reattached_at = time.monotonic()
         self._reset_breaker()
         session.open()
         self.metrics.set_attached(True)
@@ -547,112 +596,11 @@ class StorageController:
 
     def _note_error(self, message: str) -> None:
         self._last_error = message
-        self._last_error_at = _now_iso()
-
-    def _reset_breaker(self) -> None:
-        with self._breaker_lock:
-            was_open = self._breaker.state == "open"
-            self._breaker = BreakerState(threshold=self._breaker.threshold, trips=self._breaker.trips)
-            self._tripping = False
-        if was_open:
-            self.metrics.breaker("closed")
-
-    # ---------------------------------------------------------------- breaker
-    def _on_report(self, session: Session, op: str, kind: str | None, detail: str) -> None:
-        if session is not self._session or kind == "shutdown":
-            return  # a stopping session's calls say nothing about the attached backend
-        if kind is None:
-            with self._breaker_lock:
-                self._breaker.consecutive_failures = 0
-            return
-        self.metrics.failure(op, kind)
-        self._note_error(f"{session.name}: {detail}")
-        with self._breaker_lock:
-            self._breaker.consecutive_failures += 1
-            trip = self._breaker.consecutive_failures >= self._breaker.threshold and not self._tripping
-            if trip:
-                self._tripping = True
-                count = self._breaker.consecutive_failures
-        if trip:
-            reason = f"{count} consecutive failed calls to {session.name!r}; last: {detail}"
-            threading.Thread(
-                target=self._trip, args=(session, reason), name=f"hicache-breaker-r{self.rank}", daemon=True
-            ).start()
-
-    def _trip(self, session: Session, reason: str) -> None:
-        with self._admin:
-            if self._session is not session:
-                return
-            self._session = None  # from here on the request path sees misses
-            self._state = "degraded"
-            self._generation += 1
-            with self._breaker_lock:
-                self._breaker.state = "open"
-                self._breaker.trips += 1
-                self._breaker.opened_at = _now_iso()
-                self._breaker.reason = reason
-            self.metrics.set_attached(False)
-            self.metrics.breaker("open")
-            log.warning("rank %d: circuit breaker open, detaching %r: %s", self.rank, session.name, reason)
-            session.stop(self.quiesce_timeout_s)
-            self.metrics.detach("breaker")
-            self._note_error(f"circuit breaker opened: {reason}")
-            if self.auto_reattach and self._spec is not None:
-                self._start_probing(self._generation, self._spec)
-
-    def _start_probing(self, generation: int, spec: AttachSpec) -> None:
-        stop = threading.Event()
-        self._probe_stop = stop
-        threading.Thread(
-            target=self._probe_loop, args=(generation, spec, stop), name=f"hicache-probe-r{self.rank}", daemon=True
-        ).start()
-
-    def _stop_probing(self) -> None:
-        if self._probe_stop is not None:
-            self._probe_stop.set()
-            self._probe_stop = None
-
-    def _probe_loop(self, generation: int, spec: AttachSpec, stop: threading.Event) -> None:
-        """Every ``probe_interval_s``: build a fresh instance, health-check it, re-attach."""
-        while not stop.wait(self.probe_interval_s):
-            if self._generation != generation:
-                return
-            error: str | None = None
-            session: Session | None = None
-            try:
-                session = self._build_session(spec)
-                out = session.health_check()
-                if not out.ok:
-                    error = f"health_check failed: {out.detail}"
-            except ControllerError as exc:
-                error = str(exc)
-            with self._breaker_lock:
-                self._breaker.probes += 1
-                self._breaker.last_probe_at = _now_iso()
-                self._breaker.last_probe_error = error
-            if error is not None or session is None:
-                if session is not None:
-                    session.discard(self.quiesce_timeout_s)
-                continue
-            with self._admin:
-                if self._generation != generation or stop.is_set() or self._state != "degraded":
-                    session.discard(self.quiesce_timeout_s)
-                    return
-                try:
-                    session.start()
-                except Exception as exc:
-                    session.discard(self.quiesce_timeout_s)
-                    with self._breaker_lock:
-                        self._breaker.last_probe_error = f"starting workers failed: {exc}"
-                    continue
-                self._install(session, spec)
-                self.metrics.attach(True, reattach=True)
-                log.warning("rank %d: backend %r is healthy again; re-attached", self.rank, spec.backend)
-                return
+        self._last_error_at = now_iso()
 
     def __repr__(self) -> str:
         spec = self._spec
         return f"StorageController(rank={self.rank}, state={self._state}, backend={spec.backend if spec else None})"
 
 
-__all__ = ["PrefetchResult", "StorageController"]
+__all__ = ["BreakerState", "PrefetchResult", "StorageController"]

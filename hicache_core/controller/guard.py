@@ -99,13 +99,60 @@ class DaemonPool:
 
 
 class GuardedBackend:
-    """Runs calls on a small I/O pool with ``io_timeout_s`` each; see the module docstring."""
+    """Runs calls on a small I/O pool with ``io_timeout_s`` each; see the module docstring.
+
+    It counts the calls still running (a timed-out call keeps running in its thread), so the
+    backend is closed only once none is: ``when_idle(fn)`` runs ``fn`` at once when no call
+    is running, else when the last one returns.
+    """
 
     def __init__(self, io_timeout_s: float, report: Report, thread_name: str, workers: int = 4) -> None:
         self.io_timeout_s = io_timeout_s
         self._report = report
         self._executor = DaemonPool(workers, thread_name)
         self._closed = threading.Event()
+        self._count_lock = threading.Lock()
+        self._running = 0
+        self._idle_callbacks: list[Callable[[], None]] = []
+        self._idle = threading.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        """Backend calls submitted and not yet returned (timed-out ones included)."""
+        with self._count_lock:
+            return self._running
+
+    def _counted(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def run(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            finally:
+                self._call_ended()
+
+        return run
+
+    def _call_ended(self) -> None:
+        with self._count_lock:
+            self._running -= 1
+            if self._running:
+                return
+            self._idle.set()
+            callbacks, self._idle_callbacks = self._idle_callbacks, []
+        for cb in callbacks:
+            _run_quietly(cb)
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for every running call to return; True when none runs."""
+        return self._idle.wait(timeout_s)
+
+    def when_idle(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once no backend call is running (now, or when the last one returns)."""
+        with self._count_lock:
+            if self._running:
+                self._idle_callbacks.append(fn)
+                return
+        _run_quietly(fn)
 
     def call(
         self,
@@ -122,10 +169,15 @@ class GuardedBackend:
         """
         if self._closed.is_set():
             return CallOutcome(False, kind="shutdown", detail="backend is being detached")
+        with self._count_lock:
+            self._running += 1
+            self._idle.clear()
         try:
-            fut: Future[Any] = self._executor.submit(fn, *args)
+            fut: Future[Any] = self._executor.submit(self._counted(fn), *args)
         except RuntimeError:  # executor shut down between the check and the submit
+            self._call_ended()
             return CallOutcome(False, kind="shutdown", detail="backend is being detached")
+        fut.add_done_callback(lambda f: self._call_ended() if f.cancelled() else None)
         try:
             value = fut.result(timeout=self.io_timeout_s)
         except FutureTimeout:
@@ -153,6 +205,13 @@ class GuardedBackend:
         self._executor.shutdown()
 
 
+def _run_quietly(fn: Callable[[], None]) -> None:
+    try:
+        fn()
+    except Exception:
+        log.exception("a backend idle callback raised")
+
+
 def _late(fut: Future[Any], on_late: Callable[[Any], None]) -> None:
     try:
         value = None if fut.cancelled() or fut.exception() is not None else fut.result()
@@ -162,18 +221,18 @@ def _late(fut: Future[Any], on_late: Callable[[Any], None]) -> None:
 
 
 def check_bool_list(count: int) -> Callable[[Any], tuple[str, str] | None]:
-    """A ``check`` for v1 calls: a list of ``count`` bools, not all False.
+    """A ``check`` for v1 calls: a list of ``count`` bools.
 
-    An answer with no page at all is a failure of kind ``pages`` (it counts towards the
-    breaker); a partial answer is a success whose False pages are counted separately.
+    An all-False answer is NOT a failure: the backend answered, and said no (a full store,
+    pages it refuses, misses). Only raising, timing out or answering with the wrong shape
+    counts towards the circuit breaker; refused pages are counted by the caller (kind
+    ``refused``) and handled by back-pressure, so a healthy but full store is never detached.
     """
 
     def _check(value: Any) -> tuple[str, str] | None:
         if not isinstance(value, (list, tuple)) or len(value) != count:
             shown = f"a {type(value).__name__} of {len(value)}" if isinstance(value, (list, tuple)) else repr(value)[:60]
             return "bad_result", f"returned {shown} instead of a list of {count} bools"
-        if count and not any(value):
-            return "pages", f"failed all {count} pages"
         return None
 
     return _check

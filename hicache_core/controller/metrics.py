@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+#: ``() -> (backend name, its get_stats() answer)`` of one rank, or None when detached.
+StatsSource = Callable[[], "tuple[str, dict[str, Any]] | None"]
 
 #: GB/s buckets for the bandwidth histograms (page-sized transfers to RDMA-class links).
 _BANDWIDTH_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, float("inf"))
@@ -39,6 +45,9 @@ class _Families:
     backup_bw: Histogram
     prefetch_bw_last: Gauge
     backup_bw_last: Gauge
+    refused_pages: Counter
+    queue_overflows: Counter
+    backend_stats: BackendStatsCollector
 
 
 def _make_families(registry: CollectorRegistry) -> _Families:
@@ -80,7 +89,75 @@ def _make_families(registry: CollectorRegistry) -> _Families:
         backup_bw_last=Gauge(
             "hicache_backup_bandwidth_last_gbps", "GB/s of the last L2 -> L3 batch", ["rank"], registry=r
         ),
+        refused_pages=Counter(
+            "hicache_backend_refused_pages",
+            "Pages a backend answered False for (full store, refused, missing): back-pressure, not failures",
+            ["rank", "op"], registry=r,
+        ),
+        queue_overflows=Counter(
+            "hicache_queue_overflows", "Prefetches / backups dropped because their queue was full (L2-only)",
+            ["rank", "queue"], registry=r,
+        ),
+        backend_stats=_register_stats(r),
     )
+
+
+class BackendStatsCollector(Collector):
+    """Exports every numeric field of each attached backend's ``get_stats()``.
+
+    ``hicache_backend_stat{backend, rank, stat}``: corrupt pages, evictions, a store's error
+    codes... whatever the backend counts. Sources are read at scrape time.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sources: dict[str, StatsSource] = {}
+
+    def add(self, rank: str, source: StatsSource) -> None:
+        with self._lock:
+            self._sources[rank] = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        fam = GaugeMetricFamily(
+            "hicache_backend_stat", "A numeric field of the attached backend's get_stats()",
+            labels=["backend", "rank", "stat"],
+        )
+        with self._lock:
+            sources = dict(self._sources)
+        for rank, source in sorted(sources.items()):
+            try:
+                got = source()
+            except Exception:
+                continue
+            if got is None:
+                continue
+            backend, stats = got
+            for name, value in sorted(numeric_stats(stats).items()):
+                fam.add_metric([backend, rank, name], value)
+        yield fam
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+def numeric_stats(stats: dict[str, Any] | None, prefix: str = "") -> dict[str, float]:
+    """The numeric fields of a ``get_stats()`` answer, nested dicts flattened with ``.``."""
+    out: dict[str, float] = {}
+    for key, value in (stats or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, (int, float)):
+            out[name] = float(value)
+        elif isinstance(value, dict):
+            out.update(numeric_stats(value, name + "."))
+    return out
+
+
+def _register_stats(registry: CollectorRegistry) -> BackendStatsCollector:
+    collector = BackendStatsCollector()
+    registry.register(collector)
+    return collector
 
 
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
@@ -108,7 +185,7 @@ class ControllerMetrics:
             "prefetch_requests": 0, "prefetch_pages": 0, "prefetch_bytes": 0, "hit_tokens": 0,
             "backup_requests": 0, "backup_pages": 0, "backup_bytes": 0, "backup_failed_pages": 0,
             "failures": 0, "timeouts": 0, "attaches": 0, "attach_failures": 0, "detaches": 0,
-            "breaker_trips": 0, "reattaches": 0,
+            "breaker_trips": 0, "reattaches": 0, "refused_pages": 0, "queue_overflows": 0,
         }
         f = self._f
         # Create this rank's series now, so they read 0 (not absent) before anything happens.
@@ -166,6 +243,19 @@ class ControllerMetrics:
     def failure(self, op: str, kind: str) -> None:
         self._add("timeouts" if kind == "timeout" else "failures")
         self._f.failures.labels(rank=self.rank, op=op, kind=kind).inc()
+
+    def refused(self, pages: int, op: str = "batch_set_v1") -> None:
+        """Pages the backend said no to (or that back-pressure kept from it); not failures."""
+        self._add("refused_pages", pages)
+        self._f.refused_pages.labels(rank=self.rank, op=op).inc(pages)
+
+    def overflow(self, queue: str) -> None:
+        self._add("queue_overflows")
+        self._f.queue_overflows.labels(rank=self.rank, queue=queue).inc()
+
+    def stats_source(self, source: StatsSource) -> None:
+        """Where this rank's backend counters come from (``hicache_backend_stat``)."""
+        self._f.backend_stats.add(self.rank, source)
 
     def breaker(self, state: str) -> None:
         self._f.breaker_state.labels(rank=self.rank).set(BREAKER_STATES[state])

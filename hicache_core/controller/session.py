@@ -34,6 +34,17 @@ log = logging.getLogger(__name__)
 #: SGLang issues L3 I/O in batches of at most this many pages.
 BATCH_PAGES = 128
 
+#: Bounds of the work queues. A full queue never blocks a request: the prefetch is a miss
+#: and the backup reports its pages as not stored (L2 keeps them), i.e. L2-only for a moment.
+PREFETCH_QUEUE_MAX = 256
+BACKUP_QUEUE_MAX = 512
+
+#: Back-pressure on a store that refuses every page of a batch (full, or refusing): backups
+#: are answered "not stored" without calling it for this long, doubling up to the maximum
+#: while it keeps refusing. A refusal is not a failure: it never opens the breaker.
+REFUSED_BACKOFF_S = 0.25
+REFUSED_BACKOFF_MAX_S = 8.0
+
 #: ``report(session, op, kind, detail)``: kind None = success.
 SessionReport = Callable[["Session", str, "str | None", str], None]
 
@@ -118,8 +129,10 @@ class Session:
         self._lock = threading.Lock()
         self._accepting = False
         self._stopping = threading.Event()
-        self._pq: queue.Queue[PrefetchOperation | None] = queue.Queue()
-        self._bq: queue.Queue[BackupJob | None] = queue.Queue()
+        self._pq: queue.Queue[PrefetchOperation | None] = queue.Queue(maxsize=PREFETCH_QUEUE_MAX)
+        self._bq: queue.Queue[BackupJob | None] = queue.Queue(maxsize=BACKUP_QUEUE_MAX)
+        self._refused_until = 0.0  # monotonic time until which backups are not sent (back-pressure)
+        self._refused_backoff = 0.0
         self._current_ops: set[PrefetchOperation] = set()
         self._busy_backup = False
         self._threads: list[threading.Thread] = []
@@ -172,8 +185,8 @@ class Session:
         for job in _drain(self._bq):
             job.on_done([False] * len(job.keys))
         for _ in range(self.prefetch_workers):
-            self._pq.put(None)
-        self._bq.put(None)
+            _put_sentinel(self._pq)
+        _put_sentinel(self._bq)
         deadline = time.monotonic() + bound_s
         for t in self._threads:
             if t is threading.current_thread():
@@ -182,22 +195,32 @@ class Session:
             if t.is_alive():
                 log.warning("%s did not stop within %.1f s; leaving it to finish on its own", t.name, bound_s)
         self.guard.shutdown()
-        self.close_backend(bound_s)
+        # Never close a backend under a running call (Mooncake: unregister/close during
+        # batch_get_into). Wait for them within the bound; if one still runs, the close
+        # happens when it returns.
+        if not self.guard.wait_idle(max(0.0, deadline - time.monotonic())):
+            log.warning("backend %r still has %d call(s) running; it will be closed when they return",
+                        self.name, self.guard.running)
+        self.guard.when_idle(lambda: self.close_backend(bound_s))
 
     def close_backend(self, bound_s: float) -> None:
-        """Close the backend on a helper thread, waiting at most ``bound_s``."""
+        """Close the backend on an admin worker, waiting at most ``bound_s``."""
+        from hicache_core.controller.workers import admin_workers
 
-        def _close() -> None:
-            try:
-                self.backend.close()
-            except Exception:
-                log.warning("closing backend %r raised", self.name, exc_info=True)
-
-        t = threading.Thread(target=_close, name=f"hicache-close-r{self.rank}", daemon=True)
-        t.start()
-        t.join(bound_s)
-        if t.is_alive():
+        try:
+            admin_workers().run(f"closing backend {self.name!r}", self.backend.close, bound_s)
+        except TimeoutError:
             log.warning("closing backend %r takes longer than %.1f s; not waiting", self.name, bound_s)
+        except RuntimeError as exc:  # every admin worker is held: close here
+            log.warning("%s; closing backend %r on this thread", exc, self.name)
+            _close_quietly(self.backend, self.name)
+        except Exception:
+            log.warning("closing backend %r raised", self.name, exc_info=True)
+
+    @property
+    def closed_after_calls(self) -> bool:
+        """True when no backend call is running (the backend is, or may be, closed)."""
+        return self.guard.running == 0
 
     def discard(self, bound_s: float) -> None:
         """Throw away a session that was built but never opened."""
@@ -205,18 +228,46 @@ class Session:
 
     # -------------------------------------------------------------- request side
     def submit_prefetch(self, op: PrefetchOperation) -> bool:
+        """Queue ``op``; False (a miss) when not accepting or the queue is full. Never blocks."""
         with self._lock:
             if not self._accepting:
                 return False
-            self._pq.put(op)
+            try:
+                self._pq.put_nowait(op)
+            except queue.Full:
+                self.metrics.overflow("prefetch")
+                return False
             return True
 
     def submit_backup(self, job: BackupJob) -> bool:
+        """Queue ``job``; False (pages stay in L2 only) when not accepting, full or backing off."""
         with self._lock:
             if not self._accepting:
                 return False
-            self._bq.put(job)
+            if time.monotonic() < self._refused_until:
+                self.metrics.refused(len(job.keys))
+                return False
+            try:
+                self._bq.put_nowait(job)
+            except queue.Full:
+                self.metrics.overflow("backup")
+                return False
             return True
+
+    def _note_refusal(self, refused_all: bool) -> None:
+        """Back-pressure: a batch refused whole backs off further; any stored page resets it."""
+        with self._lock:
+            if refused_all:
+                self._refused_backoff = min(REFUSED_BACKOFF_MAX_S,
+                                            max(REFUSED_BACKOFF_S, self._refused_backoff * 2))
+                self._refused_until = time.monotonic() + self._refused_backoff
+            else:
+                self._refused_backoff = 0.0
+                self._refused_until = 0.0
+
+    @property
+    def backing_off(self) -> bool:
+        return time.monotonic() < self._refused_until
 
     def health_check(self) -> CallOutcome:
         return self.guard.call("health_check", self.backend.health_check, report=False)
@@ -300,7 +351,7 @@ class Session:
             good = _leading_true(out.value)
             if good < n:
                 self.pool.free(indices[good * ps :])
-                self.metrics.failure("batch_get_v1", "pages")
+                self.metrics.refused(n - good, op="batch_get_v1")
             if good:
                 keep = indices[: good * ps]
                 self.metrics.prefetched(good, good * self.pool.page_bytes, elapsed)
@@ -335,7 +386,7 @@ class Session:
         total = len(job.keys)
         results = [False] * total
         for start in range(0, total, BATCH_PAGES):
-            if self._stopping.is_set():
+            if self._stopping.is_set() or self.backing_off:
                 break
             end = min(total, start + BATCH_PAGES)
             batch = job.keys[start:end]
@@ -361,7 +412,8 @@ class Session:
                 results[start:end] = oks
                 stored = sum(oks)
                 if stored < len(oks):
-                    self.metrics.failure("batch_set_v1", "pages")
+                    self.metrics.refused(len(oks) - stored)
+                self._note_refusal(stored == 0 and len(oks) > 0)
                 self.metrics.backed_up(stored, len(oks) - stored, stored * self.pool.page_bytes, elapsed)
             else:
                 self.metrics.backed_up(0, end - start, 0, elapsed)
@@ -377,6 +429,21 @@ def _leading_true(values: Any) -> int:
             break
         count += 1
     return count
+
+
+def _put_sentinel(q: queue.Queue[Any]) -> None:
+    """Wake a worker to exit. The queue was just drained and takes no new work, so there is room."""
+    try:
+        q.put(None, timeout=1.0)
+    except queue.Full:
+        log.warning("a storage worker queue stayed full while stopping; its worker exits when it drains")
+
+
+def _close_quietly(backend: HiCacheStorage, name: str) -> None:
+    try:
+        backend.close()
+    except Exception:
+        log.warning("closing backend %r raised", name, exc_info=True)
 
 
 def _drain(q: queue.Queue[Any]) -> list[Any]:
