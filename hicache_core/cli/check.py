@@ -1,17 +1,15 @@
 """``hicache check NAME``: run the conformance kit against an installed or dynamic backend.
 
-The kit runs in this process through ``pytest.main`` over ``hicache_core.testing.check_suite``
-(with an empty pytest configuration of its own, so the current directory's settings and
-conftest files do not leak in); the result is a table of every test and an exit status of 0
-only when nothing failed.
+The kit runs in this process through ``hicache_core.testing.runner.run_kit`` (``pytest.main``
+over ``hicache_core.testing.check_suite`` with an empty pytest configuration of its own, so the
+current directory's settings and conftest files do not leak in); the result is a table of every
+test, each failure's first words naming the broken property, and an exit status of 0 only when
+nothing failed.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
-from dataclasses import dataclass, field
 from typing import Any
 
 EXIT_CONFORMS = 0
@@ -40,49 +38,12 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-@dataclass
-class Outcome:
-    test: str
-    outcome: str = "passed"
-    detail: str = ""
-    duration: float = 0.0
-
-
-@dataclass
-class _Collector:
-    """A pytest plugin object that records one outcome per test."""
-
-    results: dict[str, Outcome] = field(default_factory=dict)
-
-    def pytest_runtest_logreport(self, report: Any) -> None:
-        name = report.nodeid.split("::", 2)[-1]
-        entry = self.results.setdefault(report.nodeid, Outcome(name))
-        entry.duration += float(getattr(report, "duration", 0.0))
-        if report.when == "call" and report.passed and entry.outcome == "passed":
-            entry.outcome = "passed"
-        if report.skipped:
-            entry.outcome = "skipped"
-            longrepr = report.longrepr
-            entry.detail = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
-        elif report.failed:
-            entry.outcome = "failed" if report.when == "call" else "error"
-            entry.detail = _last_line(getattr(report, "longreprtext", "") or str(report.longrepr))
-
-
-def _last_line(text: str) -> str:
-    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    for ln in reversed(lines):
-        if ln.startswith("E "):
-            return ln[1:].strip()
-    return lines[-1] if lines else ""
-
-
 def _preflight(name: str, extra: dict[str, Any]) -> str | None:
     """Create and close the backend once; the reason it cannot start, or None."""
     from hicache_core.plugins.factory import create_backend
     from hicache_core.spec.config import HiCacheStorageConfig
     from hicache_core.spec.errors import HiCacheError
-    from hicache_core.testing.check_suite import CHECK_MODEL_NAME
+    from hicache_core.testing.runner import CHECK_MODEL_NAME
 
     try:
         backend = create_backend(name, HiCacheStorageConfig(model_name=CHECK_MODEL_NAME, extra_config=dict(extra)))
@@ -98,9 +59,6 @@ def _preflight(name: str, extra: dict[str, Any]) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-
-    import pytest
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -118,25 +76,11 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[red]backend {args.name!r} cannot start:[/] {reason}")
         return EXIT_CANNOT_START
 
-    collector = _Collector()
-    with tempfile.TemporaryDirectory(prefix="hicache-check-") as tmp:
-        ini = os.path.join(tmp, "pytest.ini")
-        with open(ini, "w", encoding="utf-8") as f:
-            f.write("[pytest]\n")
-        argv = [
-            check_suite.__file__, "-c", ini, "--rootdir", tmp, "-p", "no:cacheprovider",
-            # No conftest.py of the directories around the installed package joins in.
-            "--confcutdir", os.path.dirname(os.path.abspath(check_suite.__file__)),
-            "--hicache-backend", args.name, "--hicache-config", json.dumps(extra),
-            "-q" if args.pytest_verbose else "-qq", "--tb=short" if args.pytest_verbose else "--tb=no",
-        ]
-        if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-            argv += ["-p", "hicache_core.testing.pytest_plugin"]
-        if args.keyword:
-            argv += ["-k", args.keyword]
-        code = pytest.main(argv, plugins=[collector])
+    from hicache_core.testing.runner import KitTarget, run_kit
 
-    results = list(collector.results.values())
+    report = run_kit(KitTarget.installed(args.name, extra), keyword=args.keyword, verbose=args.pytest_verbose)
+    code = report.exit_code
+    results = report.outcomes
     table = Table(title=f"hicache check {args.name}")
     table.add_column("test", overflow="fold")
     table.add_column("result")

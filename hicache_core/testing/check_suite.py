@@ -1,25 +1,24 @@
-"""The conformance kit against a backend named on the command line (``hicache check``).
+"""The conformance kit against one target: what ``hicache check`` and ``run_kit`` collect.
 
-Collected only when given explicitly to pytest with ``--hicache-backend NAME`` (and optionally
-``--hicache-config JSON``); ``hicache check`` does exactly that. The backend is created with
-``create_backend`` (installed or ``dynamic``) and a model name of its own, ``hicache-check``,
-so namespaced stores keep these pages apart from real ones.
+The target (a ``runner.KitTarget``) comes from the pytest config's stash, put there by
+``runner.run_kit``; run by hand, the suite builds it from ``--hicache-backend NAME`` (and
+optionally ``--hicache-config JSON``), creating the backend with ``create_backend`` under the
+model name ``hicache-check``, so namespaced stores keep these pages apart from real ones.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from hicache_core.plugins.factory import create_backend
 from hicache_core.spec.config import HiCacheStorageConfig
-from hicache_core.spec.storage import HiCacheStorage
-from hicache_core.testing.conformance import StorageConformanceTests
+from hicache_core.testing.conformance import OpenBackend, StorageConformanceTests
+from hicache_core.testing.kit_base import DEFAULT_POOL_SHAPE
+from hicache_core.testing.runner import CHECK_MODEL_NAME, TARGET_KEY, KitTarget
 
-CHECK_MODEL_NAME = "hicache-check"
+__all__ = ["CHECK_MODEL_NAME", "TestConformance", "parse_config"]
 
 
 def parse_config(text: str | None) -> dict[str, Any]:
@@ -36,23 +35,27 @@ def parse_config(text: str | None) -> dict[str, Any]:
 
 
 class TestConformance(StorageConformanceTests):
-    """The kit, parameterised by ``--hicache-backend`` / ``--hicache-config``."""
+    """The kit, parameterised by the stashed target or ``--hicache-backend`` / ``--hicache-config``."""
 
     @pytest.fixture
-    def check_backend_name(self, request: pytest.FixtureRequest) -> str:
+    def kit_target(self, request: pytest.FixtureRequest) -> KitTarget:
+        target = request.config.stash.get(TARGET_KEY, None)
+        if target is not None:
+            return target
         name = request.config.getoption("--hicache-backend", default=None)
         if not name:
             pytest.skip("no --hicache-backend given (this suite is run by 'hicache check NAME')")
-        return str(name)
-
-    @pytest.fixture
-    def storage_config(self, request: pytest.FixtureRequest) -> HiCacheStorageConfig:
         extra = parse_config(request.config.getoption("--hicache-config", default=None))
-        return HiCacheStorageConfig(model_name=CHECK_MODEL_NAME, extra_config=extra)
+        return KitTarget.installed(str(name), extra)
 
     @pytest.fixture
-    def open_backend(self, check_backend_name: str) -> Callable[[HiCacheStorageConfig], HiCacheStorage]:
-        def _open(config: HiCacheStorageConfig) -> HiCacheStorage:
-            return create_backend(check_backend_name, config)
+    def storage_config(self, kit_target: KitTarget) -> HiCacheStorageConfig:
+        return kit_target.storage_config
 
-        return _open
+    @pytest.fixture
+    def pool_shape(self, kit_target: KitTarget) -> dict[str, Any]:
+        return {**DEFAULT_POOL_SHAPE, **(kit_target.pool_shape or {})}
+
+    @pytest.fixture
+    def open_backend(self, kit_target: KitTarget) -> OpenBackend:
+        return kit_target.open_backend

@@ -1,0 +1,93 @@
+"""Persistence: pages survive ``close()`` and reopen, and a writer killed with ``kill -9``.
+
+For backends whose capabilities say ``persistent``. After a writer process is SIGKILLed (no
+``close()``, a batch possibly half written), a fresh backend serves every page the writer
+reported stored byte-equal, and every other page it was writing is a miss or whole: never torn.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from hicache_core.memory.host_pool import HostKVPool
+from hicache_core.spec.config import HiCacheStorageConfig
+from hicache_core.testing.kit_base import Connect, Connected, Keys, KitBase, OpenBackend
+from hicache_core.testing.pages import fill_random_pages, random_page, read_page_bytes, tensor_bytes
+from hicache_core.testing.verdicts import describe_mismatch, violated
+from hicache_core.testing.writer_child import start_writer
+
+KILL_BATCHES, KILL_BATCH_PAGES, KILL_SEED = 4, 4, 900
+#: How long after the writer starts its second batch it is killed (mid-write for most backends).
+KILL_DELAY_S = 0.02
+
+
+class DurabilityChecks(KitBase):
+    def test_persistent_across_reopen(self, backend_and_pool: Connected, connect: Connect, keys: Keys) -> None:
+        backend, pool = backend_and_pool
+        if not backend.capabilities.persistent:
+            pytest.skip("backend is not persistent (capabilities.persistent is False)")
+        prop = "persistence across close() and reopen"
+        ks = keys(3)
+        idx, expected = fill_random_pages(pool, 3, seed=110)
+        self.v1_store_all(prop, backend, ks, idx)
+        backend.close()
+        again, pool2 = connect()
+        if (n := again.batch_exists(ks)) != 3:
+            violated(prop, f"after close() and reopen, batch_exists finds {n} of 3 pages stored before "
+                           "(the backend declares persistent)")
+        self.v1_load_all(prop, again, pool2, ks, self.alloc(pool2, 3), expected, "batch_get_v1 after reopen")
+
+    def test_persistent_after_kill_9(
+        self, backend_and_pool: Connected, connect: Connect, keys: Keys, open_backend: OpenBackend,
+        storage_config: HiCacheStorageConfig, make_pool: Callable[..., HostKVPool],
+    ) -> None:
+        backend, _ = backend_and_pool
+        if not backend.capabilities.persistent:
+            pytest.skip("backend is not persistent (capabilities.persistent is False)")
+        if not hasattr(os, "fork"):
+            pytest.skip("needs os.fork to run the writer as a child process")
+        prop = "persistence after kill -9 of a writer"
+        batches = [keys(KILL_BATCH_PAGES) for _ in range(KILL_BATCHES)]
+        config = replace(storage_config, is_mla_model=False, is_page_first_layout=True)
+        config.extra_config = dict(storage_config.extra_config or {})
+        child = start_writer(open_backend, config, lambda: make_pool("page_first", False), batches, KILL_SEED)
+        first = child.wait_for(lambda r: r.get("event") == "done", timeout=120)
+        if first is None or first.get("event") != "done":
+            child.kill9()
+            why = first.get("error") if first else "no report within 120 s"
+            pytest.fail(f"{prop}: the writer child did not finish its first batch: {why}")
+        child.wait_for(lambda r: (r.get("event") == "started" and r.get("batch") == 1) or r.get("event") == "finished",
+                       timeout=60)
+        time.sleep(KILL_DELAY_S)
+        signal_no = child.kill9()
+        stored = child.stored()
+        if not any(all(s) for s in stored.values()):
+            violated(prop, f"the writer stored no whole batch before it was killed (reports: {child.reports[:4]})")
+        self._check_after_kill(prop, connect, batches, stored, signal_no)
+
+    def _check_after_kill(
+        self, prop: str, connect: Connect, batches: list[list[str]],
+        stored: dict[int, list[bool]], signal_no: int,
+    ) -> None:
+        fresh, fpool = connect()
+        killed = f"(writer ended by signal {signal_no})"
+        for b, ks in enumerate(batches):
+            want = [tensor_bytes(random_page(fpool, (KILL_SEED + b) * 100003 + i)) for i in range(len(ks))]
+            dest = self.alloc(fpool, len(ks))
+            got = self.v1_get(prop, fresh, ks, dest)
+            have = read_page_bytes(fpool, dest)
+            reported = stored.get(b, [False] * len(ks))
+            for i in range(len(ks)):
+                if reported[i] and not got[i]:
+                    violated(prop, f"page {i} of batch {b} was reported stored before the writer was killed, but "
+                                   f"a fresh backend misses it {killed}")
+                if got[i] and have[i] != want[i]:
+                    state = "reported stored" if reported[i] else "being written when the writer was killed"
+                    violated(prop, f"page {i} of batch {b} ({state}) was served but "
+                                   f"{describe_mismatch(have[i], want[i])} (a torn or wrong page) {killed}")
+            fpool.free(dest)
