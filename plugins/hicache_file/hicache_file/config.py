@@ -15,6 +15,11 @@ PATH_ENV = "HICACHE_FILE_PATH"
 SGLANG_PATH_ENV = "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR"
 DEFAULT_IO_THREADS = 2
 CHECKSUMS = ("xxh3", "crc32")
+#: Storage schemes: how pages lie in the directory (see hicache_file.store).
+SCHEMES = ("pagefile", "sglang", "segment")
+DEFAULT_SCHEME = "pagefile"
+#: Host-pool layouts an operator may declare for pages SGLang wrote without a manifest.
+SGLANG_LAYOUTS = ("layer_first", "page_first", "page_first_direct", "page_head")
 
 @dataclass(frozen=True)
 class FileStoreSettings:
@@ -27,6 +32,10 @@ class FileStoreSettings:
     io_threads: int = DEFAULT_IO_THREADS
     checksum: str = "xxh3"
     remove_corrupt: bool = True
+    scheme: str = DEFAULT_SCHEME
+    #: The layout and dtype of the SGLang server that wrote an unmarked folder (scheme sglang).
+    sglang_layout: str | None = None
+    sglang_dtype: str | None = None
 
     @classmethod
     def from_extra(
@@ -51,6 +60,14 @@ class FileStoreSettings:
                 f"file backend: 'checksum' must be one of {', '.join(CHECKSUMS)}, got {checksum!r}"
             )
         io_threads = _int(extra, "io_threads", DEFAULT_IO_THREADS, minimum=1)
+        scheme = scheme_of(extra)
+        layout = _choice(extra, "sglang_layout", SGLANG_LAYOUTS)
+        dtype = extra.get("sglang_dtype")
+        if dtype is not None and not _is_dtype(str(dtype)):
+            raise BackendConfigError(
+                f"file backend: 'sglang_dtype' must name a torch dtype (bfloat16, float16, "
+                f"float8_e4m3fn, ...), got {dtype!r}"
+            )
         return cls(
             path=os.path.abspath(os.fspath(path)),
             max_bytes=_size(extra, "max_bytes"),
@@ -59,7 +76,31 @@ class FileStoreSettings:
             io_threads=min(int(io_threads or 1), 64),
             checksum=checksum,
             remove_corrupt=_bool(extra, "remove_corrupt", True),
+            scheme=scheme,
+            sglang_layout=layout,
+            sglang_dtype=None if dtype is None else str(dtype).removeprefix("torch."),
         )
+
+
+def scheme_of(extra: Mapping[str, Any]) -> str:
+    """The ``scheme`` extra-config key, checked: ``pagefile`` (default), ``sglang`` or ``segment``."""
+    return _choice(extra, "scheme", SCHEMES) or DEFAULT_SCHEME
+
+
+def _choice(extra: Mapping[str, Any], key: str, choices: tuple[str, ...]) -> str | None:
+    value = extra.get(key)
+    if value is None or value == "":
+        return None
+    text = str(value).strip().lower()
+    if text not in choices:
+        raise BackendConfigError(f"file backend: '{key}' must be one of {', '.join(choices)}, got {value!r}")
+    return text
+
+
+def _is_dtype(name: str) -> bool:
+    import torch
+
+    return isinstance(getattr(torch, name.removeprefix("torch."), None), torch.dtype)
 
 
 def _bool(extra: Mapping[str, Any], key: str, default: bool) -> bool:

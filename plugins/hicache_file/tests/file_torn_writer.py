@@ -13,7 +13,7 @@ import sys
 import time
 
 import torch
-from hicache_file import store as store_module
+from hicache_file import pagefile as store_module
 from hicache_file.store import FileStore
 
 from hicache_core import HiCacheStorageConfig, HostKVPool
