@@ -19,11 +19,11 @@ from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.testing.kit_base import Connect, Connected, Keys, KitBase, OpenBackend
 from hicache_core.testing.pages import fill_random_pages, random_page, read_page_bytes, tensor_bytes
 from hicache_core.testing.verdicts import describe_mismatch, violated
-from hicache_core.testing.writer_child import start_writer
+from hicache_core.testing.writer_child import WritePlan, batch_keys, start_writer
 
-KILL_BATCHES, KILL_BATCH_PAGES, KILL_SEED = 4, 4, 900
-#: How long after the writer starts its second batch it is killed (mid-write for most backends).
-KILL_DELAY_S = 0.02
+KILL_SEED = 900
+#: How long after the writer's first batch is stored it is killed (it keeps writing until then).
+KILL_DELAY_S = 0.1
 
 
 class DurabilityChecks(KitBase):
@@ -52,22 +52,21 @@ class DurabilityChecks(KitBase):
         if not hasattr(os, "fork"):
             pytest.skip("needs os.fork to run the writer as a child process")
         prop = "persistence after kill -9 of a writer"
-        batches = [keys(KILL_BATCH_PAGES) for _ in range(KILL_BATCHES)]
+        plan = WritePlan(prefix=keys(1)[0][:20], seed=KILL_SEED)
         config = replace(storage_config, is_mla_model=False, is_page_first_layout=True)
         config.extra_config = dict(storage_config.extra_config or {})
-        child = start_writer(open_backend, config, lambda: make_pool("page_first", False), batches, KILL_SEED)
+        child = start_writer(open_backend, config, lambda: make_pool("page_first", False), plan)
         first = child.wait_for(lambda r: r.get("event") == "done", timeout=120)
         if first is None or first.get("event") != "done":
             child.kill9()
             why = first.get("error") if first else "no report within 120 s"
             pytest.fail(f"{prop}: the writer child did not finish its first batch: {why}")
-        child.wait_for(lambda r: (r.get("event") == "started" and r.get("batch") == 1) or r.get("event") == "finished",
-                       timeout=60)
-        time.sleep(KILL_DELAY_S)
+        time.sleep(KILL_DELAY_S)  # it is writing further batches now
         signal_no = child.kill9()
         stored = child.stored()
         if not any(all(s) for s in stored.values()):
             violated(prop, f"the writer stored no whole batch before it was killed (reports: {child.reports[:4]})")
+        batches = [batch_keys(plan.prefix, b, plan.pages) for b in range(child.started())]
         self._check_after_kill(prop, connect, batches, stored, signal_no)
 
     def _check_after_kill(
@@ -88,6 +87,6 @@ class DurabilityChecks(KitBase):
                                    f"a fresh backend misses it {killed}")
                 if got[i] and have[i] != want[i]:
                     state = "reported stored" if reported[i] else "being written when the writer was killed"
-                    violated(prop, f"page {i} of batch {b} ({state}) was served but "
+                    violated(prop, f"page {i} of batch {b} ({state}) was served but it "
                                    f"{describe_mismatch(have[i], want[i])} (a torn or wrong page) {killed}")
             fpool.free(dest)

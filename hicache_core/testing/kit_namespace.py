@@ -114,7 +114,7 @@ class NamespaceChecks(KitBase):
         got = self.v1_get(prop, reader, ks, dest)
         for i, (hit, page) in enumerate(zip(got, rpool.indices_to_pages(dest))):
             if hit and logical_bytes(rpool, page) != want[i]:
-                violated(prop, f"page {i} holds other KV: its logical values "
+                violated(prop, f"page {i} holds other KV: read as (kv, layer, token, head, dim) values it "
                                f"{describe_mismatch(logical_bytes(rpool, page), want[i])}")
         for i, (hit, there) in enumerate(zip(got, reader.exists_many(ks))):
             if there and not hit:

@@ -98,5 +98,5 @@ class PathChecks(KitBase):
             for i, (hit, page) in enumerate(zip(got, rpool.indices_to_pages(dest))):
                 have = logical_bytes(rpool, page)
                 if hit and have != want[i]:
-                    violated(prop, f"page {i} was served as a hit holding other KV: its (kv, layer, token, head, "
-                                   f"dim) values {describe_mismatch(have, want[i])}")
+                    violated(prop, f"page {i} was served as a hit holding other KV: read as (kv, layer, "
+                                   f"token, head, dim) values it {describe_mismatch(have, want[i])}")

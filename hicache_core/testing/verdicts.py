@@ -20,22 +20,22 @@ def violated(prop: str, detail: str) -> NoReturn:
 
 
 def describe_mismatch(got: bytes, expected: bytes, others: Mapping[str, bytes] | None = None) -> str:
-    """How ``got`` differs from ``expected``, in words (for a failure message)."""
+    """How ``got`` differs from ``expected``: a verb phrase ("has ...", "holds ...", "is ...")."""
     if len(got) != len(expected):
-        return f"{len(got)} bytes where the page has {len(expected)} (truncated or padded page)"
+        return f"has {len(got)} bytes where the page has {len(expected)} (truncated or padded page)"
     for name, other in (others or {}).items():
         if got == other:
             return f"holds the bytes of {name} (right bytes at the wrong place)"
     half = len(expected) // 2
     if half and got == expected[half:] + expected[:half]:
-        return "its two halves are swapped (K and V swapped)"
+        return "has its two halves swapped (K and V swapped)"
     if sorted(got) == sorted(expected):
-        return "the same bytes in another order (permuted page)"
+        return "is the same bytes in another order (permuted page)"
     first = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
     last = len(got) - next(i for i, (a, b) in enumerate(zip(reversed(got), reversed(expected))) if a != b)
     if first and last == len(got):
-        return f"bytes {first}..{len(got) - 1} of {len(got)} differ, the start is right (truncated or torn page)"
-    return f"bytes {first}..{last - 1} of {len(got)} differ"
+        return f"differs in bytes {first}..{len(got) - 1} of {len(got)}, the start is right (truncated or torn page)"
+    return f"differs in bytes {first}..{last - 1} of {len(got)}"
 
 
 def require_v1_result(prop: str, call: str, result: Any, n: int) -> list[bool]:

@@ -2,9 +2,11 @@
 
 ``start_writer`` forks (so the child opens the backend exactly as the test's own
 ``open_backend`` callable does, closures and all); the child opens the backend, registers a
-pool, writes batches of pages with ``batch_set_v1`` and reports each batch on a pipe as JSON
-lines (``started``, then ``done`` with the per-page results), then waits to be killed. It never
-calls ``close()``. The parent reads the reports with ``WriterChild.wait_for`` and SIGKILLs it.
+pool, writes batch after batch of pages with ``batch_set_v1`` (batch ``b``'s keys are
+``batch_keys(prefix, b)``, its pages ``fill_pages(.., seed + b)``) and reports each on a pipe as
+JSON lines (``started``, then ``done`` with the per-page results). It keeps writing until
+``max_batches``, then waits; it never calls ``close()``. The parent reads the reports with
+``WriterChild.wait_for`` and SIGKILLs it, most likely in the middle of a batch.
 """
 
 from __future__ import annotations
@@ -23,6 +25,16 @@ import torch
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_core.testing.pages import fill_pages
+
+
+@dataclass(frozen=True)
+class WritePlan:
+    """What the writer writes: up to ``max_batches`` batches of ``pages`` pages."""
+
+    prefix: str
+    seed: int
+    pages: int = 4
+    max_batches: int = 64
 
 
 @dataclass
@@ -64,22 +76,31 @@ class WriterChild:
         except ProcessLookupError:
             pass
         _, status = os.waitpid(self.pid, 0)
+        self.wait_for(lambda _: False, timeout=5)  # what it reported before it died
         os.close(self.fd)
         return os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+
+    def started(self) -> int:
+        """How many batches the child started (reported ``started``)."""
+        return 1 + max((int(r["batch"]) for r in self.reports if r.get("event") == "started"), default=-1)
 
     def stored(self) -> dict[int, list[bool]]:
         """Batch number -> per-page results of every batch the child reported done."""
         return {int(r["batch"]): [bool(x) for x in r["stored"]] for r in self.reports if r.get("event") == "done"}
 
 
+def batch_keys(prefix: str, batch: int, pages: int) -> list[str]:
+    """The keys of the writer's batch ``batch``: 64 characters, unique to ``prefix``."""
+    return [f"{prefix}{batch:06d}{i:06d}".ljust(64, "0") for i in range(pages)]
+
+
 def start_writer(
     open_backend: Callable[[HiCacheStorageConfig], HiCacheStorage],
     config: HiCacheStorageConfig,
     make_pool: Callable[[], Any],
-    batches: list[list[str]],
-    seed: int,
+    plan: WritePlan,
 ) -> WriterChild:
-    """Fork a child that writes ``batches`` (batch ``b`` filled with ``fill_pages(.., seed + b)``)."""
+    """Fork a child that writes the batches of ``plan`` one after another."""
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: never returns into the test
@@ -89,7 +110,7 @@ def start_writer(
             # The parent's OpenMP worker threads do not exist here; a parallel region would wait
             # for them forever (libgomp after fork). One thread per op is plenty for a writer.
             torch.set_num_threads(1)
-            _write(open_backend, config, make_pool, batches, seed, write_fd)
+            _write(open_backend, config, make_pool, plan, write_fd)
         except BaseException as exc:
             _send(write_fd, {"event": "error", "error": f"{type(exc).__name__}: {exc}"})
             code = 1
@@ -107,17 +128,17 @@ def _write(
     open_backend: Callable[[HiCacheStorageConfig], HiCacheStorage],
     config: HiCacheStorageConfig,
     make_pool: Callable[[], Any],
-    batches: list[list[str]],
-    seed: int,
+    plan: WritePlan,
     fd: int,
 ) -> None:
     backend = open_backend(config)
     pool = make_pool()
     backend.register_mem_pool_host(pool)
-    for b, ks in enumerate(batches):
+    for b in range(plan.max_batches):
+        ks = batch_keys(plan.prefix, b, plan.pages)
         _send(fd, {"event": "started", "batch": b})
         idx = pool.alloc(len(ks) * pool.page_size)
-        fill_pages(pool, pool.indices_to_pages(idx), seed + b)
+        fill_pages(pool, pool.indices_to_pages(idx), plan.seed + b)
         stored = backend.batch_set_v1(ks, idx)
         _send(fd, {"event": "done", "batch": b, "stored": [bool(s) for s in (stored or [False] * len(ks))]})
         pool.free(idx)
