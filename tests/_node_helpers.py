@@ -30,6 +30,8 @@ def small_node(**kw: Any) -> Node:
 
 
 def child_env() -> dict[str, str]:
-    """Environment for a node process: the tests dir importable (for the dynamic backend)."""
+    """Environment for a node process: the tests dir importable and allowed for the dynamic
+    backend over HTTP (``HICACHE_DYNAMIC_ALLOWLIST``; by default only installed backends')."""
     path = os.environ.get("PYTHONPATH", "")
-    return {"PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{path}" if path else str(TESTS_DIR)}
+    return {"PYTHONPATH": f"{TESTS_DIR}{os.pathsep}{path}" if path else str(TESTS_DIR),
+            "HICACHE_DYNAMIC_ALLOWLIST": "_node_backends"}

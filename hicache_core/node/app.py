@@ -1,10 +1,17 @@
 """The node's HTTP API (FastAPI): requests, SGLang's storage admin API, health, metrics, status.
 
 Admin endpoints follow SGLang (``PUT``/``DELETE``/``GET /hicache/storage-backend``, and the
-routes of its earlier 0.5.x releases; the key is checked before the body is read): with no
-admin key configured they answer 400 (they refuse to run unprotected), a missing or wrong
-``Authorization: Bearer`` key answers 401, keys are compared in constant time; success is
-200 ``{success, message}``, a refused or failed operation 400 with the reason in ``message``.
+routes of its earlier 0.5.x releases). The key check is a FastAPI dependency of each admin
+route, not a match on the request path: however a route is reached (under a ``root_path``,
+through a proxy prefix, with a percent-encoded path), its check runs. It runs before the body
+is read: with no admin key configured the routes answer 400 (they refuse to run
+unprotected), a missing or wrong ``Authorization: Bearer`` key answers 401, keys are
+compared in constant time. Success is 200 ``{success, message}``; every refused or failed
+operation, malformed JSON included, is 400 ``{"success": false, "message": ...}`` saying what
+to do. ``/hicache/status`` shows only config fields known to be safe (``shown_config``).
+
+``/generate`` has limits (``RequestLimits``): tokens per request, block ids per request and
+body bytes; a request beyond them is a 400 naming the limit and the flag that raises it.
 """
 
 from __future__ import annotations
@@ -14,16 +21,20 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from hicache_core.controller import ControllerError
 from hicache_core.node.node import Node
 from hicache_core.node.tokens import CacheRequest, request_from_block_ids, request_from_token_ids
+from hicache_core.plugins.dynamic import check_dynamic_request
 from hicache_core.spec.errors import HiCacheError
 from hicache_core.version import __version__
 
@@ -35,20 +46,31 @@ ADMIN_KEY_MISSING = (
 )
 
 
-#: The admin endpoints: SGLang's routes, and the routes of its earlier 0.5.x releases.
-ADMIN_PATHS = frozenset({
-    "/hicache/storage-backend",
-    "/attach_hicache_storage_backend",
-    "/detach_hicache_storage_backend",
-    "/hicache_storage_backend",
-})
+class AdminDenied(Exception):
+    """Raised by the admin dependency; answered as SGLang answers it (400 or 401)."""
+
+    def __init__(self, status_code: int, error: str) -> None:
+        super().__init__(error)
+        self.status_code = status_code
+        self.error = error
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one ``/generate`` request may ask for (flags of ``hicache serve``)."""
+
+    max_request_tokens: int = 1 << 21  # 2 Mi tokens: 16x the longest request of the Mooncake traces
+    max_body_bytes: int = 64 << 20
+
+    def max_blocks(self, block_tokens: int = 512) -> int:
+        return max(1, self.max_request_tokens // block_tokens)
 
 
 class AttachBody(BaseModel):
     """SGLang's ``AttachHiCacheStorageReqInput`` fields, plus hicache's ``replace``."""
 
     hicache_storage_backend: str
-    hicache_storage_backend_extra_config_json: str | None = None
+    hicache_storage_backend_extra_config_json: str | dict[str, Any] | None = None
     hicache_storage_prefetch_policy: str | None = None
     hicache_write_policy: str | None = None
     #: hicache extension: switch from the attached backend in one step (SGLang: detach first).
@@ -83,8 +105,34 @@ def _result(success: bool, message: str) -> JSONResponse:
     return JSONResponse({"success": success, "message": message}, status_code=200 if success else 400)
 
 
-def create_app(node: Node, admin_api_key: str | None = None, close_node: bool = True) -> FastAPI:
+def _validation_message(exc: ValidationError | RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+async def _json_body(request: Request, limit: int) -> Any:
+    """The request's JSON body; ValueError with what to send when it is too big or not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ValueError(f"request body of {int(declared):,} bytes is over the limit of {limit:,} bytes")
+    raw = await request.body()
+    if len(raw) > limit:
+        raise ValueError(f"request body of {len(raw):,} bytes is over the limit of {limit:,} bytes")
+    if not raw.strip():
+        raise ValueError("the request has no body; send a JSON object")
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not valid JSON ({exc}); send a JSON object") from None
+
+
+def create_app(node: Node, admin_api_key: str | None = None, close_node: bool = True,
+               limits: RequestLimits | None = None) -> FastAPI:
     """The FastAPI app serving ``node``; the node is closed at shutdown when ``close_node``."""
+    limits = limits or RequestLimits()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -95,25 +143,26 @@ def create_app(node: Node, admin_api_key: str | None = None, close_node: bool = 
     app = FastAPI(title="hicache node", version=__version__, lifespan=lifespan)
     app.state.node = node
 
-    def admin_denied(request: Request) -> JSONResponse | None:
+    def require_admin(request: Request) -> None:
+        """The admin check, a dependency of every admin route (see the module docstring)."""
         if not admin_api_key:
-            return JSONResponse({"error": ADMIN_KEY_MISSING}, status_code=400)
+            raise AdminDenied(400, ADMIN_KEY_MISSING)
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         given = token.strip() if scheme.lower() == "bearer" else ""
         if not hmac.compare_digest(given.encode(), admin_api_key.encode()):
-            return JSONResponse({"error": "Unauthorized"}, status_code=401)
-        return None
+            raise AdminDenied(401, "Unauthorized")
 
-    @app.middleware("http")
-    async def admin_auth_first(request: Request, call_next: Any) -> Any:
-        # SGLang checks the key before it reads the body: an unauthorised caller learns nothing
-        # about the body's schema (a 401, never a 422).
-        if request.url.path in ADMIN_PATHS:
-            denied = admin_denied(request)
-            if denied is not None:
-                return denied
-        return await call_next(request)
+    admin = [Depends(require_admin)]
+
+    @app.exception_handler(AdminDenied)
+    async def _denied(_: Request, exc: AdminDenied) -> JSONResponse:
+        return JSONResponse({"error": exc.error}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The docs promise 400 {success, message}, never FastAPI's 422 shape.
+        return _result(False, f"bad request: {_validation_message(exc)}")
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -129,52 +178,86 @@ def create_app(node: Node, admin_api_key: str | None = None, close_node: bool = 
         return node.status()
 
     @app.post("/generate")
-    def generate(body: GenerateBody) -> JSONResponse:
+    async def generate(request: Request) -> JSONResponse:
         try:
-            req = _to_request(body, node.config.page_size)
+            raw = await _json_body(request, limits.max_body_bytes)
+            body = GenerateBody.model_validate(raw)
+            req = _to_request(body, node.config.page_size, limits)
+        except ValidationError as exc:
+            return JSONResponse({"error": {"message": f"bad request: {_validation_message(exc)}"}}, status_code=400)
         except ValueError as exc:
             return JSONResponse({"error": {"message": str(exc)}}, status_code=400)
-        return JSONResponse(node.process(req).to_dict())
+        result = await run_in_threadpool(node.process, req)
+        return JSONResponse(result.to_dict())
 
-    @app.put("/hicache/storage-backend")
-    @app.post("/attach_hicache_storage_backend", include_in_schema=False)  # SGLang's older route
-    def attach(body: AttachBody, request: Request) -> JSONResponse:
+    async def attach(request: Request) -> JSONResponse:
         try:
+            raw = await _json_body(request, limits.max_body_bytes)
+            body = AttachBody.model_validate(raw)
             extra = parse_extra_config(body.hicache_storage_backend_extra_config_json)
-        except ValueError as exc:
+            if body.hicache_storage_backend == "dynamic":
+                check_dynamic_request(extra)  # before anything is imported
+        except ValidationError as exc:
+            return _result(False, f"bad request: {_validation_message(exc)}")
+        except (ValueError, HiCacheError) as exc:
             return _result(False, str(exc))
         replace = body.replace or request.query_params.get("replace", "").lower() in ("1", "true", "yes")
-        try:
-            msg = node.attach(
+
+        def _attach() -> str:
+            return node.attach(
                 body.hicache_storage_backend, extra, body.hicache_storage_prefetch_policy,
                 body.hicache_write_policy, replace=replace,
             )
+
+        try:
+            msg = await run_in_threadpool(_attach)
         except (ControllerError, HiCacheError, ValueError) as exc:
             return _result(False, str(exc))
         return _result(True, msg)
 
-    @app.delete("/hicache/storage-backend")
-    @app.post("/detach_hicache_storage_backend", include_in_schema=False)  # SGLang's older route
     def detach() -> JSONResponse:
         try:
             return _result(True, node.detach())
         except (ControllerError, HiCacheError) as exc:
             return _result(False, str(exc))
 
-    @app.get("/hicache/storage-backend")
-    @app.get("/hicache_storage_backend", include_in_schema=False)  # SGLang's older route
     def backend_view() -> JSONResponse:
         return JSONResponse(node.backend_view())
 
+    # Each admin route carries the dependency itself; SGLang's older routes are kept, unlisted.
+    app.add_api_route("/hicache/storage-backend", attach, methods=["PUT"], dependencies=admin)
+    app.add_api_route("/attach_hicache_storage_backend", attach, methods=["POST"], dependencies=admin,
+                      include_in_schema=False)
+    app.add_api_route("/hicache/storage-backend", detach, methods=["DELETE"], dependencies=admin)
+    app.add_api_route("/detach_hicache_storage_backend", detach, methods=["POST"], dependencies=admin,
+                      include_in_schema=False)
+    app.add_api_route("/hicache/storage-backend", backend_view, methods=["GET"], dependencies=admin)
+    app.add_api_route("/hicache_storage_backend", backend_view, methods=["GET"], dependencies=admin,
+                      include_in_schema=False)
+    app.state.admin_routes = sorted({getattr(r, "path", "") for r in app.routes if getattr(r, "dependencies", None) == admin})
     return app
 
 
-def _to_request(body: GenerateBody, page_size: int) -> CacheRequest:
+def _to_request(body: GenerateBody, page_size: int, limits: RequestLimits | None = None) -> CacheRequest:
+    limits = limits or RequestLimits()
+    cap = limits.max_request_tokens
     rid = body.rid or ""
     if body.input_ids is not None and body.hash_ids is not None:
         raise ValueError("give either input_ids or hash_ids (+ input_length), not both")
     if body.input_ids is not None:
+        if len(body.input_ids) > cap:
+            raise ValueError(f"{len(body.input_ids):,} input_ids are over the limit of {cap:,} tokens per request "
+                             "(hicache serve --max-request-tokens)")
         return request_from_token_ids(body.input_ids, page_size, rid)
     if body.hash_ids is not None:
+        if len(body.hash_ids) > limits.max_blocks():
+            raise ValueError(f"{len(body.hash_ids):,} hash_ids ({len(body.hash_ids) * 512:,} tokens) are over the "
+                             f"limit of {cap:,} tokens per request (hicache serve --max-request-tokens)")
+        if body.input_length is not None:
+            if body.input_length < 0:
+                raise ValueError(f"input_length must not be negative, got {body.input_length}")
+            if body.input_length > cap:
+                raise ValueError(f"input_length {body.input_length:,} is over the limit of {cap:,} tokens per "
+                                 "request (hicache serve --max-request-tokens)")
         return request_from_block_ids(body.hash_ids, body.input_length, page_size, rid)
     raise ValueError('the request needs "input_ids": [token ids] or "hash_ids": [block ids] with "input_length"')

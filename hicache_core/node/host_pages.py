@@ -1,7 +1,8 @@
 """Whole pages of a ``HostKVPool`` as rows of bytes, read and written with one gather/scatter.
 
-A page's row is its contiguous pieces in ``get_page_buffer_meta`` order (K then V for page
-layouts; per layer K then V for ``layer_first``; one latent piece per page or layer for MLA),
+A page's row is its contiguous pieces in stored-byte order (``hicache_core.memory.pages``: the
+page's slice of ``kv_buffer`` in buffer order; K then V, and for ``layer_first`` every layer's
+K before every layer's V; one latent piece per page or layer for MLA),
 so a row is exactly what a zero-copy backend sees of the page, and copying piece by piece
 from pinned host memory to a device row is a straight DMA.
 """
@@ -49,8 +50,8 @@ class HostPages:
             if pool.layout == "layer_first":  # (L, n*P, 1, Db) -> (n, L, P*Db)
                 sel = sel.reshape(pool.layer_num, n, -1).permute(1, 0, 2)
             return sel.reshape(n, self.page_bytes)
-        if pool.layout == "layer_first":  # (2, L, n*P, H, Db) -> (n, L, 2, P*H*Db)
-            sel = sel.reshape(2, pool.layer_num, n, -1).permute(2, 1, 0, 3)
+        if pool.layout == "layer_first":  # (2, L, n*P, H, Db) -> (n, 2, L, P*H*Db): buffer order
+            sel = sel.reshape(2, pool.layer_num, n, -1).permute(2, 0, 1, 3)
         else:  # (2, n*P or n, ...) -> (n, 2, piece)
             sel = sel.reshape(2, n, -1).permute(1, 0, 2)
         return sel.reshape(n, self.page_bytes)
@@ -73,7 +74,7 @@ class HostPages:
             else:
                 src = rows
         elif pool.layout == "layer_first":
-            src = rows.reshape(n, pool.layer_num, 2, -1).permute(2, 1, 0, 3)
+            src = rows.reshape(n, 2, pool.layer_num, -1).permute(1, 2, 0, 3)
         else:
             src = rows.reshape(n, 2, -1).permute(1, 0, 2)
         self._buf.index_copy_(dim, index, src.reshape(target_shape))

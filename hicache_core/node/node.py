@@ -1,7 +1,8 @@
 """The reference node: N data-parallel ranks (each L1 + L2 + controller) behind one front.
 
-Requests are routed to a rank by the hash of their first page, so requests that share a
-prefix meet the same rank's caches (prefix-aware routing). Admin operations go to every
+Requests are routed like a cache-aware router (``routing.CacheAwareRouter``): to the rank
+holding the longest prefix of the request, bounded by load, so requests that share a prefix
+meet the same rank's caches without one rank taking everything. Admin operations go to every
 rank through ``ControllerGroup``: all or nothing, rolled back on failure, messages joined.
 """
 
@@ -15,12 +16,15 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from hicache_core.config_values import parse_size
 from hicache_core.controller import ControllerError, ControllerGroup, StorageController
 from hicache_core.memory.host_pool import HostKVPool
+from hicache_core.node.capacity import check_capacity
 from hicache_core.node.device_pool import DevicePool, pick_device
 from hicache_core.node.metrics import NodeCollector
 from hicache_core.node.presets import ModelShape, resolve_shape
 from hicache_core.node.rank import TIERS, CacheRank, RequestResult
+from hicache_core.node.routing import CacheAwareRouter
 from hicache_core.node.tokens import CacheRequest
 from hicache_core.plugins.registry import BackendRegistry
 from hicache_core.spec.config import HiCacheStorageConfig
@@ -79,10 +83,21 @@ class NodeConfig:
             raise ValueError(
                 f"--device-capacity-tokens {self.device_capacity_tokens} is below one page of {self.page_size}"
             )
+        if self.host_capacity_tokens is not None and self.host_capacity_tokens < self.page_size:
+            raise ValueError(
+                f"--host-capacity-tokens {self.host_capacity_tokens} is below one page of {self.page_size} tokens; "
+                "give at least one page (or leave it out to size L2 from --hicache-ratio)"
+            )
         if self.hicache_ratio <= 0:
             raise ValueError("--hicache-ratio must be positive")
         if self.hicache_size_gb < 0:
             raise ValueError("--hicache-size must not be negative")
+
+    def check_memory(self, device_is_cpu: bool, cuda_free: int | None = None, available: int | None = None) -> None:
+        """Refuse tier sizes the machine's memory cannot hold (the message gives the numbers)."""
+        bpt = self.shape.bytes_per_token
+        check_capacity(self.device_tokens() * bpt, self.host_tokens() * bpt, self.dp_size, device_is_cpu,
+                       available=available, cuda_free=cuda_free)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -93,6 +108,47 @@ class NodeConfig:
         out["host_tokens_per_rank"] = self.host_tokens()
         out["storage_extra_config"] = None  # may hold secrets; the controller shows a redacted copy
         return out
+
+
+#: Size bounds that each backend instance keeps on its own, although DP ranks share the store
+#: (one directory): every rank gets an equal share, so together they keep the bound given.
+SHARED_BOUND_KEYS: dict[str, tuple[str, ...]] = {"file": ("max_bytes", "max_pages")}
+
+
+def split_shared_bounds(backend: str, extra: dict[str, Any] | None, ranks: int) -> dict[str, Any] | None:
+    """``extra`` with per-instance size bounds divided among ``ranks`` ranks sharing one store."""
+    keys = SHARED_BOUND_KEYS.get(backend, ())
+    if ranks <= 1 or extra is None or not any(extra.get(k) not in (None, "") for k in keys):
+        return extra
+    out = dict(extra)
+    for key in keys:
+        raw = out.get(key)
+        if raw in (None, ""):
+            continue
+        try:
+            total = parse_size(raw) if key == "max_bytes" else int(raw)
+        except (TypeError, ValueError):
+            continue  # the backend reports the bad value with its own message
+        if total < ranks:
+            raise ValueError(
+                f"extra-config {key}={raw!r} is shared by {ranks} DP ranks (one store, one bound), so each rank "
+                f"would get less than 1; give at least {ranks}"
+            )
+        out[key] = total // ranks
+        log.info("%s=%s shared by %d DP ranks: %d each", key, raw, ranks, total // ranks)
+    return out
+
+
+def _cuda_free(device: Any) -> int | None:
+    if getattr(device, "type", "cpu") != "cuda":
+        return None
+    try:
+        import torch
+
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    except Exception:
+        return None
 
 
 class _RankRef:
@@ -114,6 +170,7 @@ class Node:
         self.metrics_registry = CollectorRegistry()
         self._admin = threading.Lock()
         self.device = pick_device(config.device)
+        config.check_memory(self.device.type == "cpu", _cuda_free(self.device))
         shape = config.shape
         self.ranks: list[CacheRank] = []
         controllers: list[StorageController] = []
@@ -146,6 +203,8 @@ class Node:
                 ctl.close()
             raise
         self.group = ControllerGroup(controllers)
+        per_rank_pages = (config.device_tokens() + config.host_tokens()) // config.page_size
+        self.router = CacheAwareRouter(config.dp_size, per_rank_pages)
         self.metrics_registry.register(NodeCollector(self))
         if config.storage_backend:
             try:
@@ -156,12 +215,15 @@ class Node:
 
     # ------------------------------------------------------------------ requests
     def route(self, req: CacheRequest) -> CacheRank:
-        if len(self.ranks) == 1 or not req.page_hashes:
-            return self.ranks[0]
-        return self.ranks[int(req.page_hashes[0][:8], 16) % len(self.ranks)]
+        """The rank ``req`` goes to (counted in flight there until ``done``); see ``routing``."""
+        return self.ranks[self.router.route(req.page_hashes)]
 
     def process(self, req: CacheRequest) -> RequestResult:
-        return self.route(req).process(req)
+        rank = self.route(req)
+        try:
+            return rank.process(req)
+        finally:
+            self.router.done(rank.rank)
 
     # ------------------------------------------------------------------ admin
     @property
@@ -177,6 +239,7 @@ class Node:
         replace: bool = False,
     ) -> str:
         """Attach (or with ``replace``, switch) the L3 backend on every rank."""
+        extra_config = split_shared_bounds(backend, extra_config, len(self.ranks))
         with self._admin:
             before = [rank.controller.backend for rank in self.ranks]
             msg = self.group.attach(
@@ -225,6 +288,7 @@ class Node:
             "device": str(self.device),
             "storage_backend": self.backend_view(),
             "storage_state": storage["state"],
+            "routing": self.router.status(),
             "tiers": tiers,
             "totals": self.totals(ranks),
             "ranks": ranks,

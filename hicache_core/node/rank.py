@@ -24,8 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,83 +34,17 @@ from hicache_core.memory.host_pool import HostKVPool
 from hicache_core.node.device_pool import DevicePool
 from hicache_core.node.host_pages import HostPages
 from hicache_core.node.kvgen import expected_pages, mismatched_pages
+from hicache_core.node.rank_backups import RankBackups
+from hicache_core.node.rank_evict import RankEviction
+from hicache_core.node.results import TIERS, RankCounters, RequestResult
 from hicache_core.node.tiers import TierIndex
 from hicache_core.node.tokens import CacheRequest
 
+__all__ = ["TIERS", "CacheRank", "RankCounters", "RequestResult"]
+
 log = logging.getLogger(__name__)
 
-TIERS: tuple[str, ...] = ("device", "host", "storage")
-
-
-@dataclass
-class RequestResult:
-    """What one request found, like SGLang's ``cached_tokens_details`` plus timings."""
-
-    rid: str
-    rank: int
-    input_tokens: int
-    cached: dict[str, int]
-    computed_tokens: int
-    storage_backend: str | None
-    verify_errors: int
-    bytes_loaded: dict[str, int]
-    timings_ms: dict[str, float]
-    pages: int = 0
-    prefetch_note: str = ""
-
-    @property
-    def cached_tokens(self) -> int:
-        return sum(self.cached.values())
-
-    def to_dict(self) -> dict[str, Any]:
-        details: dict[str, Any] = dict(self.cached)
-        details["storage_backend"] = self.storage_backend
-        return {
-            "rid": self.rid,
-            "rank": self.rank,
-            "meta_info": {
-                "prompt_tokens": self.input_tokens,
-                "cached_tokens": self.cached_tokens,
-                "cached_tokens_details": details,
-            },
-            "cached_tokens_details": details,
-            "input_tokens": self.input_tokens,
-            "computed_tokens": self.computed_tokens,
-            "pages": self.pages,
-            "verify_errors": self.verify_errors,
-            "bytes_loaded": self.bytes_loaded,
-            "timings_ms": self.timings_ms,
-            "prefetch_note": self.prefetch_note,
-        }
-
-
-@dataclass
-class RankCounters:
-    requests: int = 0
-    input_tokens: int = 0
-    cached_tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
-    computed_tokens: int = 0
-    verify_errors: int = 0
-    verified_pages: int = 0
-    bytes_loaded_host_to_device: int = 0
-    bytes_loaded_storage_to_host: int = 0
-    bytes_stored: int = 0  # L2 -> L3, confirmed by the backend
-    bytes_device_to_host: int = 0
-    backup_pages_queued: int = 0
-    backup_pages_failed: int = 0
-    evicted_device_pages: int = 0
-    evicted_host_pages: int = 0
-    prefetch_ops: int = 0
-    prefetch_pages: int = 0
-    backup_waits: int = 0  # times a full L2 waited for backups (back-pressure)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dict(self.__dict__)
-        out["cached_tokens"] = dict(self.cached_tokens)
-        return out
-
-
-class CacheRank:
+class CacheRank(RankEviction, RankBackups):
     """L1 + L2 + controller for one DP rank; see the module docstring."""
 
     def __init__(
@@ -133,7 +66,7 @@ class CacheRank:
         self.l1 = TierIndex("device", device_pool.capacity)
         self.l2 = TierIndex("host", host_pool.page_num)
         self.counters = RankCounters()
-        self.storage_epoch = 0  # bumped by the node on every successful attach
+        self._synced_epoch = controller.storage_epoch  # the storage epoch L2 was last re-synced to
         # The backend name, kept here so that requests never wait on the controller's admin
         # lock (held for the whole of an attach or detach).
         self.backend_name: str | None = None
@@ -157,9 +90,8 @@ class CacheRank:
         return None
 
     def new_storage_epoch(self, backend: str) -> None:
-        """``backend`` was (re)attached: pages are no longer known to be in L3."""
+        """``backend`` was (re)attached (the controller started a new storage epoch)."""
         with self._lock:
-            self.storage_epoch += 1
             self.backend_name = backend
 
     # ------------------------------------------------------------------ the request path
@@ -180,6 +112,7 @@ class CacheRank:
     def _process(self, req: CacheRequest, t_arrive: float) -> RequestResult:
         t0 = time.perf_counter()
         self.drain_backups()
+        self.resync()
         hashes = req.page_hashes
         n = len(hashes)
         held_l1: list[str] = []
@@ -307,10 +240,6 @@ class CacheRank:
             hits = max(e2.hits, e1.hits if e1 is not None else 0)
             if self._needs_backup(h) and self.controller.should_backup("hit", hits):
                 backups.append(h)
-
-    def _needs_backup(self, h: str) -> bool:
-        e = self.l2.get(h)
-        return e is not None and e.stored_epoch != self.storage_epoch and e.backups == 0
 
     # ------------------------------------------------------------------ L3 -> L2
     def _prefetch(self, hashes: Sequence[str], start: int, held_l2: list[str]) -> tuple[int, int, str]:
@@ -450,136 +379,6 @@ class CacheRank:
             placed += len(part)
         return placed
 
-    # ------------------------------------------------------------------ eviction
-    def _alloc_device(self, want: int) -> list[int]:
-        """Up to ``want`` free L1 rows, evicting LRU pages (``write_back``: to L2 first)."""
-        slots: list[int] = []
-        while len(slots) < want:
-            slot = self.device.alloc()
-            if slot is None:
-                break
-            slots.append(slot)
-        short = want - len(slots)
-        if short <= 0:
-            return slots
-        victims = [(h, entry.slot) for h, entry in self.l1.evictable(short)]
-        if victims and self.controller.write_policy == "write_back":
-            down = [(h, s) for h, s in victims if h not in self.l2]
-            if down:
-                backups: list[str] = []
-                self._insert_l2([h for h, _ in down], self.device.read([s for _, s in down]), backups)
-                self._issue_backups(backups)
-        for h, slot in victims:
-            self.l1.remove(h)
-            slots.append(slot)
-        self.counters.evicted_device_pages += len(victims)
-        return slots
-
-    def _make_host_room(self, pages: int) -> None:
-        """Evict LRU L2 pages until ``pages`` are free (or nothing more may go).
-
-        Pages whose backup is in flight may not go; when they block the room, wait for
-        backups to finish (up to ``backup_wait_s``): back-pressure, so that write-through
-        really writes every page through instead of dropping what L3 could not take yet.
-        """
-        self.drain_backups()
-        deadline = time.monotonic() + self.backup_wait_s
-        while True:
-            short = pages - self.host_pool.available_size() // self.page_size
-            if short <= 0:
-                return
-            backups: list[str] = []
-            freed: list[int] = []
-            for h, entry in self.l2.evictable(short):
-                if self._needs_backup(h) and self.controller.should_backup("evict"):
-                    entry.evict_when_backed_up = True  # freed once its backup is done
-                    backups.append(h)
-                    continue
-                self.l2.remove(h)
-                freed.append(entry.slot)
-                short -= 1
-            if freed:
-                self.host_pool.free(self.host_pool.pages_to_indices(freed))
-                self.counters.evicted_host_pages += len(freed)
-            self._issue_backups(backups)
-            if short <= 0 or not self._wait_backup_done(deadline):
-                return
-
-    def _wait_backup_done(self, deadline: float) -> bool:
-        """Block until one backup completes (applied) or ``deadline``; False when none is pending."""
-        if self._inflight_pages == 0:
-            return False
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
-        try:
-            item = self._done.get(timeout=remaining)
-        except queue.Empty:
-            return False
-        self._done.put(item)
-        self.counters.backup_waits += 1
-        return self.drain_backups() > 0
-
-    # ------------------------------------------------------------------ L2 -> L3
-    def _issue_backups(self, hashes: list[str]) -> None:
-        """Queue one backup call for ``hashes`` (L2 pages); completions come back via a queue."""
-        todo: list[str] = []
-        seen: set[str] = set()
-        for h in hashes:
-            entry = self.l2.get(h)
-            if entry is None or h in seen or entry.backups:
-                continue
-            seen.add(h)
-            todo.append(h)
-        if not todo:
-            return
-        pages = []
-        for h in todo:
-            entry = self.l2.get(h)
-            assert entry is not None
-            entry.backups += 1
-            pages.append(entry.slot)
-        epoch = self.storage_epoch
-        done = self._done
-        self.counters.backup_pages_queued += len(todo)
-        self._inflight_pages += len(todo)
-
-        def on_done(results: list[bool]) -> None:
-            done.put((todo, epoch, list(results)))
-
-        self.controller.backup(todo, self.host_pool.pages_to_indices(pages), on_done=on_done)
-
-    def drain_backups(self) -> int:
-        """Apply finished backups: unpin pages, mark them stored, free write-back evictions."""
-        n = 0
-        with self._lock:
-            while True:
-                try:
-                    hashes, epoch, results = self._done.get_nowait()
-                except queue.Empty:
-                    break
-                n += 1
-                self._inflight_pages -= len(hashes)
-                freed: list[int] = []
-                for i, h in enumerate(hashes):
-                    entry = self.l2.get(h)
-                    if entry is None:
-                        continue
-                    entry.backups = max(0, entry.backups - 1)
-                    ok = i < len(results) and bool(results[i])
-                    if ok:
-                        entry.stored_epoch = epoch
-                        self.counters.bytes_stored += self.page_bytes
-                    else:
-                        self.counters.backup_pages_failed += 1
-                    if entry.evict_when_backed_up and entry.backups == 0 and entry.refs == 0:
-                        self.l2.remove(h)
-                        freed.append(entry.slot)
-                if freed:
-                    self.host_pool.free(self.host_pool.pages_to_indices(freed))
-                    self.counters.evicted_host_pages += len(freed)
-        return n
-
     # ------------------------------------------------------------------ status
     def status(self, include_storage: bool = True) -> dict[str, Any]:
         """Tiers, counters and (``include_storage``) the controller's status of this rank."""
@@ -605,16 +404,6 @@ class CacheRank:
                          "capacity_bytes": l2["capacity_pages"] * self.page_bytes},
             },
             "counters": counters,
+            "backup_pages_in_flight": self._inflight_pages,
             "storage": self.controller.status() if include_storage else {"attached": self.controller.attached},
         }
-
-    def wait_backups(self, timeout_s: float = 10.0, sleep: Callable[[float], None] = time.sleep) -> bool:
-        """Wait until no backup is in flight (for tests and the end of a replay)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.drain_backups()
-            with self._lock:
-                if self._inflight_pages == 0:
-                    return True
-            sleep(0.02)
-        return False

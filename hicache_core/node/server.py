@@ -8,19 +8,21 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from hicache_core.node.app import RequestLimits
 from hicache_core.node.node import Node
 from hicache_core.testing.processes import LOOPBACK, ServiceProcess, free_port, http_ready
 
 __all__ = ["NodeProcess", "free_port", "serve"]
 
 
-def serve(node: Node, host: str, port: int, admin_api_key: str | None, log_level: str = "warning") -> None:
+def serve(node: Node, host: str, port: int, admin_api_key: str | None, log_level: str = "warning",
+          limits: RequestLimits | None = None) -> None:
     """Serve ``node`` until interrupted; the node is closed at shutdown."""
     import uvicorn
 
     from hicache_core.node.app import create_app
 
-    uvicorn.run(create_app(node, admin_api_key), host=host, port=port, log_level=log_level)
+    uvicorn.run(create_app(node, admin_api_key, limits=limits), host=host, port=port, log_level=log_level)
 
 
 class NodeProcess(ServiceProcess):

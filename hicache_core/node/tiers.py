@@ -40,6 +40,10 @@ class TierIndex:
     def get(self, page_hash: str) -> PageEntry | None:
         return self._entries.get(page_hash)
 
+    def items(self) -> list[tuple[str, PageEntry]]:
+        """A snapshot of (hash, entry), least recently used first."""
+        return list(self._entries.items())
+
     def add(self, page_hash: str, slot: int) -> PageEntry:
         if page_hash in self._entries:
             raise KeyError(f"{self.name}: page {page_hash[:12]} is already cached")
