@@ -110,6 +110,12 @@ class SGLangFileStore(FileSchemeBase):
             log.warning("file backend (scheme sglang): %s", answer[1])
         return answer
 
+    def on_host_pools_registered(self) -> None:
+        """Settle each registered pool's format against the folder now (a fresh folder's manifests
+        are written here), so pages SGLang adds later fall under them."""
+        for name in list(self._pools):
+            self._refusal(name)
+
     # ------------------------------------------------------------------ startup scan
     def _scan(self) -> None:
         """Index this rank's page files (LRU by mtime) and drop dead writers' temporary files."""
