@@ -30,7 +30,7 @@ class PoolPages:
         buf = pool.kv_buffer
         self._whole: memoryview | None = None
         if buf.is_contiguous() and buf.device.type == "cpu":
-            self._whole = memoryview(buf.view(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]
+            self._whole = memoryview(buf.view(-1).view(torch.uint8).numpy())
 
     def views(self, page: int) -> list[memoryview]:
         """The pieces of page number ``page`` in stored-byte order (raises for a page outside)."""

@@ -174,5 +174,5 @@ def test_segment_scheme_missing_is_a_clear_refusal(tmp_path: Path, monkeypatch: 
     import sys
 
     monkeypatch.setitem(sys.modules, "hicache_file.segment.store", None)  # as if it were not installed
-    with pytest.raises(BackendConfigError, match="scheme 'segment' needs the module hicache_file.segment"):
+    with pytest.raises(BackendConfigError, match=r"scheme .segment. needs the module hicache_file\.segment"):
         FileStore(HiCacheStorageConfig(extra_config={"scheme": "segment", "path": str(tmp_path)}))
