@@ -13,7 +13,8 @@ CAPABILITIES = Capabilities(
     # Pages live in cluster memory: a master restart loses them all.
     persistent=False,
     shared=True,
-    requires_page_layout=True,
+    # Any layout with a page format: pieces that are not contiguous go as multi-buffer objects.
+    requires_page_layout=False,
     mla=True,
 )
 
@@ -46,6 +47,15 @@ CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption(
         "local_buffer_size", None, "client-side transfer buffer: int bytes or '16mb' (default 16mb)",
         env="MOONCAKE_LOCAL_BUFFER_SIZE",
+    ),
+    ConfigOption(
+        "scheme", None,
+        "object names: hicache (default; model, dtype, layout and shard in every name) or sglang "
+        "(SGLang 0.5.23's MooncakeStore names and bytes, guarded by a per-namespace format record)",
+    ),
+    ConfigOption(
+        "extra_backend_tag", None,
+        "scheme sglang: the tag SGLang puts before the model name in its key prefix (SGLang's key)",
     ),
 )
 

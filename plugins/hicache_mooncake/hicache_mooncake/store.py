@@ -1,66 +1,56 @@
 """``MooncakeStore``: hicache's L3 on a Mooncake Store cluster.
 
-Layout of a page in Mooncake: MHA pages are two objects, ``{hash}{suffix}_k`` and
-``{hash}{suffix}_v`` (the K and V halves, each contiguous in a ``page_first*`` host pool);
-MLA pages are one object ``{hash}{suffix}``, written by tensor-parallel rank 0 only. The
-zero-copy path registers the host pool's ``kv_buffer`` with Mooncake once and moves pages
-with ``batch_put_from`` / ``batch_get_into`` straight from and into it; the legacy
-``get``/``set`` path goes through a registered staging buffer with the same object keys, so
-both paths read each other's pages.
+What a page is in Mooncake: its stored bytes (``hicache_core.memory.pages``: the page's slice
+of the pool's ``kv_buffer`` in buffer order) as two objects, the K half then the V half (MHA),
+or one object (MLA, written by its writer rank only). Every path stores those bytes: the
+zero-copy path moves them straight from and into the host pool's pieces (``zero_copy``), the
+flat ``get``/``set`` paths through a registered staging buffer (``flat_io``), so either path
+reads what the other wrote. Object names follow the configured key scheme (``naming``):
+``hicache`` (default; the core's namespace, so an incompatible pool's page is a miss) or
+``sglang`` (SGLang 0.5.23's own names, guarded by a format record, ``format_record``).
 
-Why a stale page can never be served:
+Why a wrong or stale page is never served:
 
-- Keys are content addresses: the page hash chains every token id of the prefix, and the
-  suffix names the model and the TP/PP sharding. Equal keys therefore mean equal bytes, so
-  Mooncake keeping the old value on a duplicate put keeps the right value.
-- A page counts as present, and a read as good, only when *every* object of the page is
-  there and the byte count read equals the piece size; a half-written page (K stored, V
-  failed) or a page written with another geometry reads as a miss.
-- Mooncake makes an object visible only after its data transfer completed (put start/end),
-  so a concurrent reader never sees a half-written object.
-- A master restart drops all metadata: every key reads as a miss afterwards (the bytes left
-  in storage nodes are unreachable and overwritten by new puts), so nothing from before the
-  restart can be served under a key, and nothing written before is claimed as present.
+- Names are content addresses: the page hash chains every token id of the prefix, and the
+  namespace (``hicache``) or the format record (``sglang``) pins model, dtype, geometry, byte
+  order and shard; Mooncake keeping the first value of a duplicate put keeps the right bytes.
+- A page counts as present, and a read as good, only when *every* object of the page is there
+  and the bytes read equal the object size; a half-written page reads as a miss.
+- Mooncake makes an object visible only after its data transfer completed.
+- A master restart drops all metadata: every name reads as a miss afterwards.
 
 Failures are return codes in Mooncake; each becomes a per-page False/None here and is counted
-by name in ``get_stats()["errors"]``. When the master is unreachable every Mooncake call takes
-seconds; after the first such failure the store checks the master's TCP port before each call
-and fails fast while it is closed.
+by name in ``get_stats()["errors"]`` (``objects``).
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import threading
-import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 
+from hicache_core.memory.pages import page_format, pool_kind
 from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
 from hicache_core.spec.errors import HiCacheError, LayoutError
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_mooncake import codes
 from hicache_mooncake.client import open_client, tcp_reachable
-from hicache_mooncake.codes import ErrorTally
 from hicache_mooncake.config import MooncakeSettings, load_settings
+from hicache_mooncake.flat_io import StagingBuffer, as_bytes, get_pages, object_sizes, put_pages
+from hicache_mooncake.format_record import FormatRecord
+from hicache_mooncake.naming import PageObjectNames, hicache_names, scheme_of, sglang_names
+from hicache_mooncake.objects import ObjectClient
 from hicache_mooncake.plugin import CAPABILITIES
-
-if TYPE_CHECKING:
-    from hicache_core.memory.host_pool import HostKVPool
+from hicache_mooncake.zero_copy import PagePieces
 
 log = logging.getLogger(__name__)
 
 #: Pages per Mooncake call (SGLang issues I/O in batches of at most 128 pages).
 MAX_BATCH_PAGES = 128
-#: While the master is down, how long one TCP check of its port stays valid.
-MASTER_CHECK_INTERVAL_S = 0.5
 PROBE_KEY = "__hicache_mooncake_health_probe__"
-_OK = frozenset({codes.OK})
-_EXIST_ANSWERS = frozenset({0, 1})
-_REMOVED = frozenset({codes.OK, codes.OBJECT_NOT_FOUND})
+_PROBE_BYTES = 64
 
 
 class MooncakeStore(HiCacheStorage):
@@ -71,59 +61,52 @@ class MooncakeStore(HiCacheStorage):
 
     def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(config)
-        self.settings: MooncakeSettings = load_settings(self.config.extra())
-        self._suffix = self.config.namespace_suffix()
+        extra = self.config.extra()
+        self.settings: MooncakeSettings = load_settings(extra)
+        self.scheme = scheme_of(extra)
         self._is_mla = bool(self.config.is_mla_model)
-        # What follows a page hash in its object keys: one object (MLA) or K and V (MHA).
-        self._tails: tuple[str, ...] = (
-            (self._suffix,) if self._is_mla else (self._suffix + "_k", self._suffix + "_v")
-        )
-        self._errors = ErrorTally()
+        # Validated before connecting: a sharding SGLang's names cannot separate is refused.
+        self._sglang: PageObjectNames | None = sglang_names(self.config) if self.scheme == "sglang" else None
+        self._names = self._make_names()
+        self._pieces: PagePieces | None = None
+        self._record: FormatRecord | None = None
         self._counts_lock = threading.Lock()
         self._counts: dict[str, int] = {
             "pages_written": 0, "pages_write_failed": 0, "pages_read": 0, "pages_read_failed": 0,
             "bytes_written": 0, "bytes_read": 0, "pages_skipped_non_writer": 0,
         }
         self._registered: list[int] = []
-        self._staging: torch.Tensor | None = None
-        self._staging_lock = threading.Lock()
-        # One probe key for every client: its bytes are a constant, so duplicate puts agree
-        # and probes leave no garbage behind.
-        self._probe_key = PROBE_KEY
-        self._probe_buf = torch.zeros(64, dtype=torch.uint8)
-        self._master_down = False
-        self._master_checked_at = 0.0
-        self._master_lock = threading.Lock()
-        self._closed = False
+        self._probe_buf = torch.zeros(_PROBE_BYTES, dtype=torch.uint8)
         self._probe_lock = threading.Lock()
-        self._client: Any = open_client(self.settings)
+        parts = 1 if self._is_mla else 2
+        # +1: an existence check carries the format record's name in the same call.
+        self._objects = ObjectClient(open_client(self.settings), self.settings.master_server_address,
+                                     MAX_BATCH_PAGES * parts + 1)
+        self._staging = StagingBuffer(self._register, self._unregister)
         try:
             self._register(self._probe_buf)
         except BaseException:
             self.close()
             raise
 
+    def _make_names(self) -> PageObjectNames:
+        return self._sglang or hicache_names(self.namespace, self._is_mla)
+
     @property
     def raw_client(self) -> Any:
         """The underlying ``MooncakeDistributedStore`` (benchmarks and diagnostics only)."""
-        return self._client
+        return self._objects.client
 
-    def object_keys(self, keys: Sequence[str]) -> list[str]:
-        """The Mooncake object keys of ``keys``, page by page (K then V for MHA)."""
-        return self._all_object_keys(keys)
-
-    # ------------------------------------------------------------------ keys
-    def _object_keys(self, key: str) -> list[str]:
-        return [key + tail for tail in self._tails]
-
-    @property
-    def _parts(self) -> int:
-        return len(self._tails)
+    def object_keys(self, keys: list[str]) -> list[str]:
+        """The Mooncake object names of ``keys``, page by page (K then V for MHA)."""
+        return self._names.objects(keys)
 
     # ------------------------------------------------------------------ memory registration
     def _register(self, tensor: torch.Tensor) -> None:
-        ptr, size = tensor.data_ptr(), tensor.numel() * tensor.element_size()
-        rc = self._client.register_buffer(ptr, size)
+        self._register_range(tensor.data_ptr(), tensor.numel() * tensor.element_size())
+
+    def _register_range(self, ptr: int, size: int) -> None:
+        rc = self._objects.register(ptr, size)
         if rc != 0:
             raise HiCacheError(
                 f"mooncake: register_buffer of {size} bytes failed ({codes.name_of(rc)}, {rc}); "
@@ -132,204 +115,115 @@ class MooncakeStore(HiCacheStorage):
         self._registered.append(ptr)
 
     def _unregister(self, ptr: int) -> None:
-        try:
-            self._client.unregister_buffer(ptr)
-        except Exception:
-            log.debug("unregister_buffer failed", exc_info=True)
+        self._objects.unregister(ptr)
         if ptr in self._registered:
             self._registered.remove(ptr)
 
-    def register_mem_pool_host(self, mem_pool_host: HostKVPool) -> None:
-        mem_pool_host.require_page_layout("mooncake")
-        if bool(mem_pool_host.is_mla) != self._is_mla:
-            raise LayoutError(
-                f"mooncake: the host pool is {'MLA' if mem_pool_host.is_mla else 'MHA'} but the storage "
-                f"config says is_mla_model={self._is_mla}; they must agree (it decides the key layout)"
-            )
-        if self.mem_pool_host is not None:
-            if self.mem_pool_host is mem_pool_host:
-                return
-            self._unregister(self.mem_pool_host.kv_buffer.data_ptr())
-        self._register(mem_pool_host.kv_buffer)
-        super().register_mem_pool_host(mem_pool_host)
+    def register_mem_pool_host(self, mem_pool_host: Any) -> None:
+        """Take hicache's ``HostKVPool`` or an SGLang host pool, in any layout with a page format.
 
-    # ------------------------------------------------------------------ guarded calls
-    def _master_gate(self) -> bool:
-        """False (fail fast) while the master is known down and its port is still closed."""
-        if not self._master_down:
-            return True
-        with self._master_lock:
-            now = time.monotonic()
-            if now - self._master_checked_at < MASTER_CHECK_INTERVAL_S:
-                return not self._master_down
-            self._master_checked_at = now
-            if tcp_reachable(self.settings.master_server_address, timeout_s=0.2) is None:
-                self._master_down = False
-        return not self._master_down
-
-    def _note_codes(self, rcs: Sequence[int]) -> None:
-        if rcs and all(rc in codes.MASTER_DOWN for rc in rcs):
-            with self._master_lock:
-                if not self._master_down:
-                    log.warning("mooncake: master %s unreachable; failing fast until it answers",
-                                self.settings.master_server_address)
-                self._master_down = True
-                self._master_checked_at = time.monotonic()
-
-    def _call(self, op: str, n: int, *args: Any) -> list[int]:
-        """Run ``client.<op>(*args)`` returning one code per object; never raises.
-
-        Failures before or around the call (closed, master down, exception, wrong answer
-        length) become ``n`` copies of a failure code, counted once per object.
+        Under ``scheme: sglang`` this claims the namespace's format record and raises
+        ``LayoutError`` when it names another page format (``format_record``).
         """
-        if self._closed:
-            self._errors.add("closed", n, f"{op} after close()")
-            return [codes.INTERNAL_ERROR - 10_000] * n
-        if not self._master_gate():
-            self._errors.add("master_unreachable", n, f"{op}: master port closed, not called")
-            return [codes.RPC_FAIL - 10_000] * n
-        try:
-            out = getattr(self._client, op)(*args)
-        except Exception as exc:
-            log.warning("mooncake: %s raised %s: %s", op, type(exc).__name__, exc)
-            self._errors.add("exception", n, f"{op}: {type(exc).__name__}: {exc}")
-            return [codes.INTERNAL_ERROR - 10_000] * n
-        rcs: list[int] = out if isinstance(out, list) else list(out) if isinstance(out, tuple) else [int(out)] * n
-        if len(rcs) != n:
-            self._errors.add("bad_reply", n, f"{op} answered {len(rcs)} codes for {n} keys")
-            return [codes.INTERNAL_ERROR - 10_000] * n
-        self._note_codes(rcs)
-        return rcs
+        kind = pool_kind(mem_pool_host)
+        if (kind == "mla") != self._is_mla:
+            raise LayoutError(
+                f"mooncake: the host pool is {kind.upper()} but the storage config says "
+                f"is_mla_model={self._is_mla}; they must agree (it decides the object layout)"
+            )
+        if self.mem_pool_host is mem_pool_host:
+            return
+        pieces = PagePieces(mem_pool_host, 1 if self._is_mla else 2)
+        record = None
+        if self._sglang is not None:
+            record = FormatRecord(self._objects, self._sglang.record_key(), page_format(mem_pool_host).tag())
+            record.claim_at_attach()
+        old = self._pieces
+        self._register_range(*pieces.buffer)
+        if old is not None:
+            self._unregister(old.buffer[0])
+        self._pieces, self._record = pieces, record
+        super().register_mem_pool_host(mem_pool_host)
+        self._names = self._make_names()
 
-    # Codes made up above are offset by -10000 so they are counted once (already named) and
-    # never mistaken for Mooncake's own.
-    def _count_failures(self, rcs: Sequence[int], op: str, good: frozenset[int]) -> None:
-        for rc in rcs:
-            if rc not in good and rc > -10_000:
-                self._errors.add_code(rc, 1, op)
+    # ------------------------------------------------------------------ guards and counters
+    def _io_allowed(self, n: int, what: str) -> bool:
+        """False (counted) when this scheme cannot vouch for the pages' format right now."""
+        if self._sglang is not None and self._pieces is None:
+            self._objects.errors.add("no_pool", n, f"{what}: scheme sglang needs a registered host pool")
+            return False
+        record = self._record
+        if record is not None and record.mismatch is not None:
+            record.refuse(n, what)
+            return False
+        return True
 
     def _bump(self, **deltas: int) -> None:
         with self._counts_lock:
             for k, v in deltas.items():
                 self._counts[k] += v
 
-    # ------------------------------------------------------------------ object-level batches
-    def _put_objects(self, keys: list[str], ptrs: list[int], sizes: list[int]) -> list[bool]:
-        """Per object: stored (or already there, which by content addressing is the same bytes)."""
-        ok: list[bool] = []
-        step = MAX_BATCH_PAGES * self._parts
-        for i in range(0, len(keys), step):
-            rcs = self._call("batch_put_from", len(keys[i : i + step]), keys[i : i + step], ptrs[i : i + step], sizes[i : i + step])
-            if any(rcs):
-                self._count_failures(rcs, "batch_put_from", _OK)
-            ok.extend(rc == 0 for rc in rcs)
-        return ok
-
-    def _get_objects(self, keys: list[str], ptrs: list[int], sizes: list[int], count_misses: bool = True) -> list[bool]:
-        """Per object: exactly ``size`` bytes were read into ``ptr``."""
-        ok: list[bool] = []
-        step = MAX_BATCH_PAGES * self._parts
-        for i in range(0, len(keys), step):
-            chunk_sizes = sizes[i : i + step]
-            rcs = self._call("batch_get_into", len(chunk_sizes), keys[i : i + step], ptrs[i : i + step], chunk_sizes)
-            good = [rc == size for rc, size in zip(rcs, chunk_sizes)]
-            ok.extend(good)
-            if all(good):
-                continue
-            for rc, size in zip(rcs, chunk_sizes):
-                if rc == size or rc <= -10_000 or (rc == codes.OBJECT_NOT_FOUND and not count_misses):
-                    continue
-                if rc >= 0:  # stored under this key with another page geometry
-                    self._errors.add("size_mismatch", 1, f"read {rc} bytes, the page piece has {size}")
-                else:
-                    self._errors.add_code(rc, 1, "batch_get_into")
-        return ok
-
-    def _exist_objects(self, keys: list[str]) -> list[bool]:
-        ok: list[bool] = []
-        step = MAX_BATCH_PAGES * self._parts
-        for i in range(0, len(keys), step):
-            rcs = self._call("batch_is_exist", len(keys[i : i + step]), keys[i : i + step])
-            if min(rcs, default=0) < 0:
-                self._count_failures(rcs, "batch_is_exist", _EXIST_ANSWERS)
-            ok.extend(rc == 1 for rc in rcs)
-        return ok
-
-    def _per_page(self, per_object: list[bool]) -> list[bool]:
-        if self._parts == 1:
+    def _fold(self, per_object: list[bool]) -> list[bool]:
+        if self._names.parts == 1:
             return per_object
         return [k and v for k, v in zip(per_object[0::2], per_object[1::2])]
-
-    def _all_object_keys(self, keys: Sequence[str]) -> list[str]:
-        tails = self._tails
-        return [k + t for k in keys for t in tails]
 
     # ------------------------------------------------------------------ zero-copy v1
     def batch_set_v1(
         self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
     ) -> list[bool]:
-        pool = self._pool_for_v1(keys, host_indices)
+        self._pool_for_v1(keys, host_indices)
         if not keys:
             return []
         if not self.config.is_writer_rank:
-            # MLA: every rank holds the same KV and rank 0 writes it; the others succeed idly.
+            # MLA: every rank holds the same KV and the writer rank stores it; the others succeed idly.
             self._bump(pages_skipped_non_writer=len(keys))
             return [True] * len(keys)
-        ptrs, sizes = self.piece_addresses(pool, host_indices)
-        result = self._per_page(self._put_objects(self._all_object_keys(keys), ptrs, sizes))
+        pieces = self._pieces
+        assert pieces is not None  # set with the pool
+        if not self._io_allowed(len(keys), "batch_set_v1"):
+            self._bump(pages_write_failed=len(keys))
+            return [False] * len(keys)
+        plan = pieces.plan(host_indices)
+        result = self._fold(self._objects.put(self._names.objects(keys), plan.ptrs, plan.sizes))
         good = sum(result)
-        self._bump(pages_written=good, pages_write_failed=len(keys) - good, bytes_written=good * pool.page_bytes)
+        self._bump(pages_written=good, pages_write_failed=len(keys) - good, bytes_written=good * pieces.page_bytes)
         return result
 
     def batch_get_v1(
         self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
     ) -> list[bool]:
-        pool = self._pool_for_v1(keys, host_indices)
+        self._pool_for_v1(keys, host_indices)
         if not keys:
             return []
-        ptrs, sizes = self.piece_addresses(pool, host_indices)
-        result = self._per_page(self._get_objects(self._all_object_keys(keys), ptrs, sizes, count_misses=False))
+        pieces = self._pieces
+        assert pieces is not None
+        if not self._io_allowed(len(keys), "batch_get_v1"):
+            self._bump(pages_read_failed=len(keys))
+            return [False] * len(keys)
+        plan = pieces.plan(host_indices)
+        objs = self._names.objects(keys)
+        result = self._fold(self._objects.get(objs, plan.ptrs, plan.sizes, [plan.object_nbytes] * len(objs)))
         good = sum(result)
-        self._bump(pages_read=good, pages_read_failed=len(keys) - good, bytes_read=good * pool.page_bytes)
+        self._bump(pages_read=good, pages_read_failed=len(keys) - good, bytes_read=good * pieces.page_bytes)
         return result
-
-    def piece_addresses(self, pool: HostKVPool, host_indices: torch.Tensor) -> tuple[list[int], list[int]]:
-        """``pool.get_page_buffer_meta(host_indices)``, computed in a few tensor operations.
-
-        In both page layouts page ``p``'s K piece starts ``p * piece`` bytes into the buffer
-        and its V piece half a buffer later; building per-page Python objects instead costs
-        about 2 us a page, which at RDMA speeds is a large share of a 128-page batch. Indices
-        are checked to be page aligned and inside the pool, because Mooncake would otherwise
-        move bytes to or from memory outside it.
-        """
-        page_size = pool.page_size
-        idx = torch.as_tensor(host_indices, dtype=torch.int64).view(-1)
-        firsts = idx[::page_size]
-        pages = firsts // page_size
-        if bool((firsts % page_size).any()) or (pages.numel() and (int(pages.min()) < 0 or int(pages.max()) >= pool.page_num)):
-            raise ValueError(f"mooncake: host indices must be page aligned and inside the pool ({pool.page_num} pages)")
-        piece = pool.page_bytes // self._parts
-        k = pages * piece + pool.kv_buffer.data_ptr()
-        if self._parts == 1:
-            ptrs: list[int] = k.tolist()
-        else:
-            v_half = pool.kv_buffer.numel() * pool.itemsize // 2
-            ptrs = torch.stack((k, k + v_half), dim=1).view(-1).tolist()
-        return ptrs, [piece] * len(ptrs)
 
     # ------------------------------------------------------------------ existence
     def exists_many(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
+        """Per page: every object present. The hot path of every prefetch decision."""
         if not keys:
             return []
-        objs = self._all_object_keys(keys)
-        if len(objs) > MAX_BATCH_PAGES * self._parts:
-            return self._per_page(self._exist_objects(objs))
-        # One call (the common case), with the per-page fold inlined: this is the hot path of
-        # every prefetch decision.
-        rcs = self._call("batch_is_exist", len(objs), objs)
-        if min(rcs) < 0:
-            self._count_failures(rcs, "batch_is_exist", _EXIST_ANSWERS)
-        if self._parts == 1:
+        if not self._io_allowed(len(keys), "exists"):
+            return [False] * len(keys)
+        objs = self._names.objects(keys)
+        record = self._record
+        if record is not None:
+            objs.append(record.key)
+        rcs = self._objects.exist(objs)
+        if record is not None and not record.recheck(rcs.pop()):
+            record.refuse(len(keys), "exists")
+            return [False] * len(keys)
+        if self._names.parts == 1:
             return [rc == 1 for rc in rcs]
         return [k == 1 and v == 1 for k, v in zip(rcs[0::2], rcs[1::2])]
 
@@ -337,8 +231,7 @@ class MooncakeStore(HiCacheStorage):
         """Leading pages present; asks Mooncake 128 pages at a time and stops at the first gap."""
         hits = 0
         for start in range(0, len(keys), MAX_BATCH_PAGES):
-            chunk = keys[start : start + MAX_BATCH_PAGES]
-            for present in self.exists_many(chunk, extra_info):
+            for present in self.exists_many(keys[start : start + MAX_BATCH_PAGES], extra_info):
                 if not present:
                     return hits
                 hits += 1
@@ -347,35 +240,9 @@ class MooncakeStore(HiCacheStorage):
     def exists(self, key: str) -> bool:
         return self.exists_many([key])[0]
 
-    # ------------------------------------------------------------------ legacy get/set (staging)
-    def _staging_view(self, nbytes: int) -> torch.Tensor:
-        """A registered byte buffer of at least ``nbytes``; call with ``_staging_lock`` held."""
-        if self._staging is None or self._staging.numel() < nbytes:
-            if self._staging is not None:
-                self._unregister(self._staging.data_ptr())
-            size = max(nbytes, 1 << 20)
-            self._staging = torch.empty(size, dtype=torch.uint8)
-            self._register(self._staging)
-        return self._staging[:nbytes]
-
-    @staticmethod
-    def _as_bytes(value: Any, size: Any = None) -> torch.Tensor | None:
-        """A flat uint8 view of a page given as a tensor, or as an address (SGLang passes ints)."""
-        if isinstance(value, torch.Tensor):
-            if value.device.type != "cpu":
-                return None
-            return value.contiguous().view(-1).view(torch.uint8)
-        if isinstance(value, int) and isinstance(size, int) and size > 0:
-            raw = (ctypes.c_uint8 * size).from_address(value)
-            return torch.frombuffer(raw, dtype=torch.uint8)
-        return None
-
-    def _piece_sizes(self, nbytes: int) -> list[int] | None:
-        if self._is_mla:
-            return [nbytes]
-        if nbytes % 2:
-            return None
-        return [nbytes // 2, nbytes // 2]
+    # ------------------------------------------------------------------ flat pages (staging)
+    def _page_bytes(self) -> int | None:
+        return self._pieces.page_bytes if self._pieces is not None else None
 
     def batch_set(
         self, keys: list[str], values: Any | None = None, target_locations: Any | None = None, target_sizes: Any | None = None
@@ -385,57 +252,41 @@ class MooncakeStore(HiCacheStorage):
         if not self.config.is_writer_rank:
             self._bump(pages_skipped_non_writer=len(keys))
             return True
+        if not self._io_allowed(len(keys), "batch_set"):
+            self._bump(pages_write_failed=len(keys))
+            return False
         vals = list(values) if values is not None else list(target_locations or [None] * len(keys))
         sizes_in = list(target_sizes) if target_sizes is not None else [None] * len(keys)
-        pages: list[tuple[str, torch.Tensor]] = []
-        ok = True
+        names: list[list[str]] = []
+        pages: list[torch.Tensor] = []
+        sizes: list[list[int]] = []
         for key, val, size in zip(keys, vals, sizes_in):
-            flat = self._as_bytes(val, size)
-            if flat is None or self._piece_sizes(flat.numel()) is None:
-                self._errors.add("bad_value", 1, f"set({key!r}): not a CPU tensor or address+size")
-                ok = False
+            flat = as_bytes(val, size)
+            obj_sizes = object_sizes(flat.numel(), self._names.parts, self._page_bytes()) if flat is not None else None
+            if flat is None or obj_sizes is None:
+                self._objects.errors.add("bad_value", 1, f"set({key!r}): not a CPU tensor or address+size of one page")
                 continue
-            pages.append((key, flat))
-        if len(pages) < len(keys):
-            self._bump(pages_write_failed=len(keys) - len(pages))
-        if not pages:
-            return False
-        with self._staging_lock:
-            staging = self._staging_view(sum(f.numel() for _, f in pages))
-            obj_keys, ptrs, sizes = [], [], []
-            offset = 0
-            for key, flat in pages:
-                staging[offset : offset + flat.numel()].copy_(flat)
-                for obj, piece in zip(self._object_keys(key), self._piece_sizes(flat.numel()) or []):
-                    obj_keys.append(obj)
-                    ptrs.append(staging.data_ptr() + offset)
-                    sizes.append(piece)
-                    offset += piece
-            result = self._per_page(self._put_objects(obj_keys, ptrs, sizes))
+            names.append(self._names.objects([key]))
+            pages.append(flat)
+            sizes.append(obj_sizes)
+        result = put_pages(self._objects, self._staging, names, pages, sizes) if pages else []
         good = sum(result)
-        self._bump(pages_written=good, pages_write_failed=len(pages) - good,
-                   bytes_written=sum(f.numel() for (_, f), r in zip(pages, result) if r))
-        return ok and all(result)
+        self._bump(pages_written=good, pages_write_failed=len(keys) - good,
+                   bytes_written=sum(p.numel() for p, r in zip(pages, result) if r))
+        return good == len(keys)
 
     def set(self, key: str, value: Any | None = None, target_location: Any | None = None, target_sizes: Any | None = None) -> bool:
         return self.batch_set([key], [value if value is not None else target_location], None,
                               [target_sizes] if target_sizes is not None else None)
 
-    def _page_nbytes(self, key: str) -> int | None:
-        """Bytes of the page stored under ``key`` (pool geometry, else asked of Mooncake)."""
-        if self.mem_pool_host is not None:
-            return int(self.mem_pool_host.page_bytes)
+    def _stored_nbytes(self, key: str) -> int | None:
+        """Bytes of the page stored under ``key`` (the pool's page size, else asked of Mooncake)."""
+        if self._pieces is not None:
+            return self._pieces.page_bytes
         total = 0
-        for obj in self._object_keys(key):
-            if self._closed or not self._master_gate():
-                return None
-            try:
-                size = int(self._client.get_size(obj))
-            except Exception:
-                return None
-            if size < 0:
-                if size != codes.OBJECT_NOT_FOUND:
-                    self._errors.add_code(size, 1, "get_size")
+        for obj in self._names.objects([key]):
+            size = self._objects.size_of(obj)
+            if size is None:
                 return None
             total += size
         return total
@@ -445,48 +296,46 @@ class MooncakeStore(HiCacheStorage):
     ) -> list[torch.Tensor | None]:
         if not keys:
             return []
+        out: list[torch.Tensor | None] = [None] * len(keys)
+        if not self._io_allowed(len(keys), "batch_get"):
+            self._bump(pages_read_failed=len(keys))
+            return out
         locs = list(target_locations) if target_locations is not None else [None] * len(keys)
         sizes_in = list(target_sizes) if target_sizes is not None else [None] * len(keys)
-        plan: list[tuple[int, torch.Tensor | None, int]] = []  # (index, destination bytes, nbytes)
+        plan: list[tuple[int, torch.Tensor | None]] = []
+        names: list[list[str]] = []
+        sizes: list[list[int]] = []
         for i, (key, loc, size) in enumerate(zip(keys, locs, sizes_in)):
-            dest = self._as_bytes(loc, size) if loc is not None else None
-            nbytes = dest.numel() if dest is not None else self._page_nbytes(key)
-            if nbytes and self._piece_sizes(nbytes) is not None:
-                plan.append((i, dest, nbytes))
-        out: list[torch.Tensor | None] = [None] * len(keys)
+            dest = as_bytes(loc, size) if loc is not None else None
+            nbytes = dest.numel() if dest is not None else self._stored_nbytes(key)
+            obj_sizes = object_sizes(nbytes, self._names.parts, self._page_bytes()) if nbytes else None
+            if obj_sizes is not None:
+                plan.append((i, dest))
+                names.append(self._names.objects([key]))
+                sizes.append(obj_sizes)
+
+        def deliver(j: int, data: torch.Tensor) -> None:
+            i, dest = plan[j]
+            if dest is not None:
+                dest.copy_(data)
+                loc = locs[i]
+                out[i] = loc if isinstance(loc, torch.Tensor) else dest
+            else:
+                out[i] = self._typed(data.clone())
+
         if plan:
-            with self._staging_lock:
-                staging = self._staging_view(sum(n for _, _, n in plan))
-                obj_keys, ptrs, sizes, offsets = [], [], [], []
-                offset = 0
-                for i, _dest, nbytes in plan:
-                    offsets.append(offset)
-                    for obj, piece in zip(self._object_keys(keys[i]), self._piece_sizes(nbytes) or []):
-                        obj_keys.append(obj)
-                        ptrs.append(staging.data_ptr() + offset)
-                        sizes.append(piece)
-                        offset += piece
-                result = self._per_page(self._get_objects(obj_keys, ptrs, sizes, count_misses=False))
-                for (i, dest, nbytes), start, page_ok in zip(plan, offsets, result):
-                    if not page_ok:
-                        continue
-                    data = staging[start : start + nbytes]
-                    if dest is not None:
-                        dest.copy_(data)
-                        loc = locs[i]
-                        out[i] = loc if isinstance(loc, torch.Tensor) else dest
-                    else:
-                        out[i] = self._typed(data.clone())
+            get_pages(self._objects, self._staging, names, sizes, deliver)
         hits = sum(t is not None for t in out)
-        nbytes_read = sum(n for i, _, n in plan if out[i] is not None)
+        nbytes_read = sum(sum(s) for (i, _), s in zip(plan, sizes) if out[i] is not None)
         self._bump(pages_read=hits, pages_read_failed=len(keys) - hits, bytes_read=nbytes_read)
         return out
 
     def _typed(self, raw: torch.Tensor) -> torch.Tensor:
         pool = self.mem_pool_host
-        if pool is not None and raw.numel() % pool.itemsize == 0:
-            return raw.view(pool.dtype)
-        return raw
+        if pool is None:
+            return raw
+        dtype = pool.kv_buffer.dtype
+        return raw.view(dtype) if raw.numel() % dtype.itemsize == 0 else raw
 
     def get(self, key: str, target_location: Any | None = None, target_sizes: Any | None = None) -> torch.Tensor | None:
         return self.batch_get([key], [target_location] if target_location is not None else None,
@@ -496,17 +345,14 @@ class MooncakeStore(HiCacheStorage):
     def delete(self, key: str) -> bool:
         """Remove a page's objects; True when none is left (absent counts as removed).
 
-        Not forced: an object under a read lease (-706, a reader is transferring it) stays,
-        and delete answers False; forcing would let the reader copy freed memory.
+        Not forced: an object under a read lease (a reader is transferring it) stays, and
+        delete answers False; forcing would let the reader copy freed memory.
         """
-        objs = self._object_keys(key)
-        rcs = self._call("batch_remove", len(objs), objs)
-        self._count_failures(rcs, "batch_remove", _REMOVED)
-        return all(rc in (0, codes.OBJECT_NOT_FOUND) for rc in rcs)
+        return self._objects.remove(self._names.objects([key]))
 
     def clear(self) -> None:
         """Remove every object in the cluster that has no read lease (shared: all nodes' pages)."""
-        (rc,) = self._call("remove_all", 1)
+        (rc,) = self._objects.call("remove_all", 1)
         if rc < 0:
             raise HiCacheError(f"mooncake: remove_all failed ({codes.name_of(rc)}, {rc})")
         log.info("mooncake: clear removed %d objects", rc)
@@ -514,61 +360,63 @@ class MooncakeStore(HiCacheStorage):
     def health_check(self) -> None:
         """Raise unless the master answers and a tiny object round-trips through the cluster.
 
-        Mooncake's own ``health_check()`` keeps answering 0 after the master is killed, so
-        this makes real calls: a TCP connect to the master, ``batch_is_exist`` on a probe key
-        and a put + get of a 64-byte probe object (it finds dead storage nodes). A pool too full
-        for the probe still counts as healthy: it serves reads and evicts by itself.
+        Mooncake's own ``health_check()`` keeps answering 0 after the master is killed, so this
+        makes real calls: a TCP connect to the master, ``batch_is_exist`` on a probe key and a
+        put + get of a 64-byte probe object (it finds dead storage nodes). A pool too full for
+        the probe still counts as healthy: it serves reads and evicts by itself.
         """
-        if self._closed:
+        if self._objects.closed:
             raise HiCacheError("mooncake: backend is closed")
         why = tcp_reachable(self.settings.master_server_address, timeout_s=1.0)
         if why:
             raise HiCacheError(f"mooncake: master {self.settings.master_server_address} unreachable: {why}")
-        with self._master_lock:
-            self._master_down, self._master_checked_at = False, time.monotonic()
+        self._objects.master_answered()
         with self._probe_lock:
             self._probe()
 
     def _probe(self) -> None:
-        rcs = self._call("batch_is_exist", 1, [self._probe_key])
-        if rcs[0] not in (0, 1):
-            raise HiCacheError(f"mooncake: batch_is_exist probe failed ({codes.name_of(rcs[0])}, {rcs[0]})")
+        # One probe key for every client: its bytes are a constant, so duplicate puts agree.
+        call = self._objects.call
+        (present,) = call("batch_is_exist", 1, [PROBE_KEY])
+        if present not in (0, 1):
+            raise HiCacheError(f"mooncake: batch_is_exist probe failed ({codes.name_of(present)}, {present})")
         buf = self._probe_buf
-        pattern = torch.arange(64, dtype=torch.uint8)
-        if rcs[0] == 0:
+        pattern = torch.arange(_PROBE_BYTES, dtype=torch.uint8)
+        if present == 0:
             buf.copy_(pattern)
-            (rc,) = self._call("batch_put_from", 1, [self._probe_key], [buf.data_ptr()], [64])
+            (rc,) = call("batch_put_from", 1, [PROBE_KEY], [buf.data_ptr()], [_PROBE_BYTES])
             if rc == codes.NO_AVAILABLE_HANDLE:
-                # A full pool still serves reads and evicts on its own: not a reason to detach.
-                return
+                return  # a full pool still serves reads and evicts on its own: not a reason to detach
             if rc != 0:
                 raise HiCacheError(f"mooncake: probe put failed ({codes.name_of(rc)}, {rc})")
         buf.zero_()
-        (rc,) = self._call("batch_get_into", 1, [self._probe_key], [buf.data_ptr()], [64])
-        if rc != 64 or not torch.equal(buf, pattern):
+        (rc,) = call("batch_get_into", 1, [PROBE_KEY], [buf.data_ptr()], [_PROBE_BYTES])
+        if rc != _PROBE_BYTES or not torch.equal(buf, pattern):
             raise HiCacheError(f"mooncake: probe read failed ({codes.name_of(rc) if rc < 0 else f'{rc} bytes'})")
 
     def get_stats(self) -> dict[str, Any]:
         with self._counts_lock:
             stats: dict[str, Any] = dict(self._counts)
-        stats["errors"] = self._errors.snapshot()
-        stats["errors_total"] = self._errors.total()
-        stats["last_error"] = self._errors.last
+        errors = self._objects.errors
+        stats["errors"] = errors.snapshot()
+        stats["errors_total"] = errors.total()
+        stats["last_error"] = errors.last
         stats["master"] = self.settings.master_server_address
-        stats["master_down"] = self._master_down
+        stats["master_down"] = self._objects.master_down
         stats["protocol"] = self.settings.protocol
+        stats["scheme"] = self.scheme
+        stats["names"] = self._names.page_name("{hash}") + "|".join(self._names.tails)
+        if self._record is not None:
+            stats["format_record"] = self._record.key
+            stats["format_mismatch"] = self._record.mismatch
         return stats
 
     def close(self) -> None:
-        if self._closed:
+        if self._objects.closed:
             return
-        self._closed = True
         for ptr in list(self._registered):
             self._unregister(ptr)
-        try:
-            self._client.close()
-        except Exception:
-            log.debug("mooncake client close failed", exc_info=True)
+        self._objects.close()
 
     def __repr__(self) -> str:
-        return f"MooncakeStore({self.settings.describe()}, suffix={self._suffix!r})"
+        return f"MooncakeStore({self.settings.describe()}, scheme={self.scheme}, names={self._names.page_name('{hash}')!r})"

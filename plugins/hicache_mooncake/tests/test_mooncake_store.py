@@ -58,17 +58,19 @@ def raw(mooncake_cluster: LocalMooncakeCluster) -> Iterator[Any]:
     client.close()
 
 
-def test_mha_pages_are_k_and_v_objects_with_the_namespace_suffix(open_store: Callable[..., MooncakeStore], raw: Any) -> None:
+def test_mha_pages_are_k_and_v_objects_named_by_the_pool_namespace(open_store: Callable[..., MooncakeStore], raw: Any) -> None:
     store = open_store(tp_rank=1, tp_size=2)
     pool = _pool()
     store.register_mem_pool_host(pool)
     keys = _keys(3)
     idx, _ = fill_random_pages(pool, 3, seed=1)
     assert store.batch_set_v1(keys, idx) == [True] * 3
-    suffix = "_mooncake-test-model_1_2"
-    assert raw.batch_is_exist([f"{k}{suffix}_k" for k in keys] + [f"{k}{suffix}_v" for k in keys]) == [1] * 6
-    assert raw.get_size(f"{keys[0]}{suffix}_k") == pool.page_bytes // 2
-    assert raw.is_exist(keys[0] + suffix) == 0  # no whole-page object for MHA
+    ns = "hc1.mooncake-test-model.mha-bf16-l2h2d8-p16-ctlhd.tp1of2"
+    assert store.namespace == ns
+    assert store.object_keys(keys[:1]) == [f"{keys[0]}@{ns}_k", f"{keys[0]}@{ns}_v"]
+    assert raw.batch_is_exist([f"{k}@{ns}_k" for k in keys] + [f"{k}@{ns}_v" for k in keys]) == [1] * 6
+    assert raw.get_size(f"{keys[0]}@{ns}_k") == pool.page_bytes // 2
+    assert raw.is_exist(f"{keys[0]}@{ns}") == 0  # no whole-page object for MHA
 
 
 def test_other_ranks_and_models_do_not_see_the_pages(open_store: Callable[..., MooncakeStore]) -> None:
@@ -89,7 +91,7 @@ def test_half_a_page_is_a_miss(open_store: Callable[..., MooncakeStore], raw: An
     store.register_mem_pool_host(pool)
     (key,) = _keys(1)
     piece = torch.full((pool.page_bytes // 2,), 7, dtype=torch.uint8)
-    assert raw.put(f"{key}{store.config.namespace_suffix()}_k", piece.numpy().tobytes()) == 0
+    assert raw.put(store.object_keys([key])[0], piece.numpy().tobytes()) == 0
     assert store.exists(key) is False
     assert store.batch_exists([key]) == 0
     dest = pool.alloc(PAGE)
@@ -98,7 +100,9 @@ def test_half_a_page_is_a_miss(open_store: Callable[..., MooncakeStore], raw: An
     assert store.get(key) is None
 
 
-def test_a_page_of_another_geometry_is_a_miss_and_counted(open_store: Callable[..., MooncakeStore]) -> None:
+def test_a_page_of_another_geometry_is_a_miss(open_store: Callable[..., MooncakeStore], raw: Any) -> None:
+    """Another geometry is another namespace; and an object of the wrong size under this
+    pool's own name (which no hicache writer makes) is a miss, counted as size_mismatch."""
     small = open_store()
     small_pool = _pool()
     small.register_mem_pool_host(small_pool)
@@ -108,8 +112,13 @@ def test_a_page_of_another_geometry_is_a_miss_and_counted(open_store: Callable[.
     keys = _keys(2)
     idx, _ = fill_random_pages(small_pool, 2, seed=3)
     assert small.batch_set_v1(keys, idx) == [True, True]
+    assert big.exists_many(keys) == [False, False]
     dest = big_pool.alloc(2 * PAGE)
     assert dest is not None
+    assert big.batch_get_v1(keys, dest) == [False, False]
+    short = bytes(small_pool.page_bytes // 2)
+    for name in big.object_keys(keys):
+        assert raw.put(name, short) == 0
     assert big.batch_get_v1(keys, dest) == [False, False]
     assert big.get_stats()["errors"].get("size_mismatch", 0) == 4  # K and V of two pages
 
@@ -191,18 +200,20 @@ def test_mla_single_object_and_writer_rank(open_store: Callable[..., MooncakeSto
     assert rank0.exists_many(keys) == [False, False]
     idx0, expected = fill_random_pages(pool0, 2, seed=9)
     assert rank0.batch_set_v1(keys, idx0) == [True, True]
-    assert raw.batch_is_exist([k + "_mooncake-test-model" for k in keys]) == [1, 1]
+    ns = "hc1.mooncake-test-model.mla-bf16-l2h1d8-p16-tlhd.all"
+    assert rank0.namespace == rank1.namespace == ns
+    assert raw.batch_is_exist([f"{k}@{ns}" for k in keys]) == [1, 1]
     dest = pool1.alloc(2 * PAGE)
     assert dest is not None
     assert rank1.batch_get_v1(keys, dest) == [True, True]  # every rank reads rank 0's pages
     assert read_page_bytes(pool1, dest) == expected
 
 
-def test_layouts_are_checked(open_store: Callable[..., MooncakeStore]) -> None:
-    with pytest.raises(LayoutError, match="page_first"):
-        open_store().register_mem_pool_host(_pool(layout="layer_first"))
+def test_pool_kind_must_match_the_config(open_store: Callable[..., MooncakeStore]) -> None:
     with pytest.raises(LayoutError, match="is_mla_model"):
         open_store().register_mem_pool_host(_pool(is_mla=True))
+    with pytest.raises(LayoutError, match="is_mla_model"):
+        open_store(is_mla_model=True).register_mem_pool_host(_pool())
 
 
 def test_two_clients_share_pages_one_contributing_memory(open_store: Callable[..., MooncakeStore]) -> None:
@@ -257,19 +268,30 @@ def test_setup_failure_behind_the_port_check_names_the_master(mooncake_cluster: 
     assert address in str(exc.value)
 
 
-@pytest.mark.parametrize("layout", ["page_first", "page_first_direct"])
+@pytest.mark.parametrize("layout", ["layer_first", "page_first", "page_first_direct", "page_head"])
 @pytest.mark.parametrize("is_mla", [False, True])
-def test_page_addresses_match_the_pools_own(open_store: Callable[..., MooncakeStore], layout: str, is_mla: bool) -> None:
-    """The store computes piece addresses itself (fast); they must be the pool's exactly."""
+def test_scattered_pages_in_every_layout(open_store: Callable[..., MooncakeStore], layout: str, is_mla: bool) -> None:
+    """v1 set and get of pages in scattered, descending host slots; indices outside the pool or
+    not page aligned are refused before Mooncake could touch memory outside it."""
+    if is_mla and layout == "page_head":
+        pytest.skip("page_head is an MHA layout")
     store = open_store(is_mla_model=is_mla)
     pool = _pool(pages=32, layout=layout, is_mla=is_mla)
     store.register_mem_pool_host(pool)
-    idx = pool.pages_to_indices([5, 0, 31, 17])
-    assert store.piece_addresses(pool, idx) == pool.get_page_buffer_meta(idx)
-    with pytest.raises(ValueError, match="inside the pool"):
-        store.piece_addresses(pool, pool.pages_to_indices([32]))
+    keys = _keys(4)
+    src_pages, dst_pages = [29, 3, 17, 8], [30, 0, 12, 21]
+    expected = []
+    for i, p in enumerate(src_pages):
+        page = torch.randint(0, 256, (pool.page_bytes,), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+        pool.write_page(p, page.view(pool.dtype))
+        expected.append(bytes(page.numpy()))
+    assert store.batch_set_v1(keys, pool.pages_to_indices(src_pages)) == [True] * 4
+    assert store.batch_get_v1(keys, pool.pages_to_indices(dst_pages)) == [True] * 4
+    assert [bytes(pool.read_page(p).view(torch.uint8).numpy()) for p in dst_pages] == expected
+    with pytest.raises(ValueError, match="outside"):
+        store.batch_get_v1(keys[:1], pool.pages_to_indices([32]))
     with pytest.raises(ValueError, match="page aligned"):
-        store.piece_addresses(pool, idx + 1)
+        store.batch_get_v1(keys[:1], pool.pages_to_indices([3]) + 1)
 
 
 def test_batch_exists_stops_at_the_first_gap_across_chunks(open_store: Callable[..., MooncakeStore]) -> None:
