@@ -7,8 +7,12 @@ where lists are promised, a working v1 path whether or not the backend has one.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -16,15 +20,18 @@ import torch
 
 from hicache_core.spec.capabilities import Capabilities
 from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
-from hicache_core.spec.errors import BackendLoadError, LayoutError
+from hicache_core.spec.errors import BackendLoadError, HiCacheError, LayoutError
 from hicache_core.spec.storage import HiCacheStorage
 
 if TYPE_CHECKING:
+    from hicache_core.compat.sglang_known import KnownSGLangClass
     from hicache_core.memory.host_pool import HostKVPool
 
 log = logging.getLogger(__name__)
 
 REQUIRED_METHODS: tuple[str, ...] = ("get", "set", "exists")
+#: Keys used as they are under ``namespace_keys``; any other key is hashed (see DuckTypedBackend).
+_PLAIN_KEY = re.compile(r"[0-9A-Za-z]{1,128}")
 V1_METHODS: tuple[str, ...] = ("batch_get_v1", "batch_set_v1")
 
 
@@ -52,6 +59,24 @@ def _accepts(fn: Any, *args: Any) -> bool:
     except ValueError:
         return True
     return True
+
+
+def _is_pointer(target: Any) -> bool:
+    """A host-memory address (SGLang's pointer form of get/set), not a tensor or None."""
+    return isinstance(target, int) and not isinstance(target, bool)
+
+
+def _into_target(page: torch.Tensor, target: Any) -> torch.Tensor:
+    """``page`` copied into ``target`` when one was given (bytes, same size), else ``page``."""
+    if not isinstance(target, torch.Tensor):
+        return page
+    if target.numel() * target.element_size() != page.numel() * page.element_size():
+        raise ValueError(
+            f"target holds {target.numel() * target.element_size()} bytes, a page has "
+            f"{page.numel() * page.element_size()}"
+        )
+    target.view(-1).view(torch.uint8).copy_(page.contiguous().view(-1).view(torch.uint8))
+    return target
 
 
 def defines_own(cls: type, name: str) -> bool:
@@ -91,8 +116,16 @@ class DuckTypedBackend(HiCacheStorage):
     through the generic get/set path instead of letting L3 switch off silently.
     """
 
-    def __init__(self, inner: Any, config: HiCacheStorageConfig, interface_v1: bool, name: str) -> None:
+    def __init__(
+        self, inner: Any, config: HiCacheStorageConfig, interface_v1: bool, name: str,
+        known: KnownSGLangClass | None = None, namespace_keys: bool = False,
+    ) -> None:
         super().__init__(config)
+        #: Store each page under ``{key}@{namespace}`` (``hicache_core.keys``), with keys that are
+        #: not plain alphanumerics hashed first: for classes that key pages by hash and model/rank
+        #: only (SGLang's own), so a page of another dtype, layout or geometry is a miss, and an
+        #: odd key can never become a path or collide with another.
+        self._namespace_keys = namespace_keys
         missing = missing_methods(inner)
         if missing:
             raise BackendLoadError(
@@ -102,6 +135,15 @@ class DuckTypedBackend(HiCacheStorage):
             )
         self.inner = inner
         self.name = name
+        # SGLang's own classes hicache knows (hicache_core.compat.sglang_known): what they can
+        # do, and whether their get/set take pointers (then flat pages go through their v1).
+        self._flat_via_v1 = bool(known and known.flat_pages_via_v1)
+        interface_v1 = interface_v1 or bool(known and known.capabilities.zero_copy_v1)
+        # A get/batch_get whose target is a required argument (SGLang's HiCacheFile) is handed
+        # a staging page of the host pool when the caller gives none.
+        self._get_needs_target = not _accepts(inner.get, "k")
+        batch_get = getattr(inner, "batch_get", None)
+        self._batch_get_needs_targets = callable(batch_get) and not _accepts(batch_get, ["k"])
         self._native_v1 = interface_v1 and not missing_methods(inner, V1_METHODS)
         if interface_v1 and not self._native_v1:
             raise BackendLoadError(
@@ -112,6 +154,8 @@ class DuckTypedBackend(HiCacheStorage):
         declared = getattr(inner, "capabilities", None)
         if declared is HiCacheStorage.capabilities:
             declared = None  # inherited from hicache's ABC (or SGLang's base on it): says nothing
+        if not isinstance(declared, Capabilities) and known is not None:
+            declared = known.capabilities
         self._declared_caps = isinstance(declared, Capabilities)
         caps = declared if isinstance(declared, Capabilities) else Capabilities(
             zero_copy_v1=self._native_v1,
@@ -122,6 +166,11 @@ class DuckTypedBackend(HiCacheStorage):
 
     # lifecycle ---------------------------------------------------------------
     def register_mem_pool_host(self, mem_pool_host: HostKVPool) -> None:
+        if self.capabilities.requires_page_layout and not mem_pool_host.is_page_first_layout:
+            raise LayoutError(
+                f"backend {self.name!r} needs page-contiguous host memory, but the host pool uses layout "
+                f"{mem_pool_host.layout!r}; start with --hicache-mem-layout page_first (or page_first_direct)"
+            )
         super().register_mem_pool_host(mem_pool_host)
         register = getattr(self.inner, "register_mem_pool_host", None)
         if callable(register):
@@ -154,7 +203,7 @@ class DuckTypedBackend(HiCacheStorage):
         delete = getattr(self.inner, "delete", None)
         if not callable(delete):
             raise NotImplementedError(f"backend {self.name!r} does not support delete()")
-        result = delete(key)
+        result = delete(self._k(key))
         return True if result is None else bool(result)
 
     def get_stats(self) -> dict[str, Any] | None:
@@ -166,27 +215,101 @@ class DuckTypedBackend(HiCacheStorage):
 
     # single-key --------------------------------------------------------------
     def get(self, key: str, target_location: Any | None = None, target_sizes: Any | None = None) -> torch.Tensor | None:
-        result = self.inner.get(key, target_location, target_sizes)
+        if self._flat_via_v1 and not _is_pointer(target_location):
+            return self._get_via_v1([key], [target_location])[0]
+        if target_location is None and self._get_needs_target:
+            target_location = self._staging_page("get")
+        result = self.inner.get(self._k(key), target_location, target_sizes)
         return result if isinstance(result, torch.Tensor) else None
 
     def set(self, key: str, value: Any | None = None, target_location: Any | None = None, target_sizes: Any | None = None) -> bool:
-        return bool(self.inner.set(key, value, target_location, target_sizes))
+        if self._flat_via_v1 and isinstance(value, torch.Tensor):
+            return self._set_via_v1([key], [value])
+        return bool(self.inner.set(self._k(key), value, target_location, target_sizes))
 
     def exists(self, key: str) -> bool:
-        return bool(self.inner.exists(key))
+        if self._flat_via_v1:  # its exists() asks the raw key, its v1 writes per-rank keys
+            return int(self.inner.batch_exists([self._k(key)])) >= 1
+        return bool(self.inner.exists(self._k(key)))
+
+    # keys ---------------------------------------------------------------------
+    def _k(self, key: str) -> str:
+        if not self._namespace_keys:
+            return key
+        safe = key if _PLAIN_KEY.fullmatch(key) else "x" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+        return f"{safe}@{self.namespace}"
+
+    def _ks(self, keys: list[str]) -> list[str]:
+        return [self._k(k) for k in keys] if self._namespace_keys else list(keys)
+
+    # staging pages, for classes that cannot take or return a flat page ----------
+    def _staging_page(self, what: str) -> torch.Tensor:
+        pool = self.mem_pool_host
+        if pool is None:
+            raise HiCacheError(
+                f"backend {self.name!r}: {type(self.inner).__name__}.{what} needs a target buffer; pass "
+                "target_location, or register a host pool first (its pages size the buffer)"
+            )
+        return pool.get_dummy_flat_data_page()
+
+    @contextmanager
+    def _staged_pages(self, n: int) -> Iterator[torch.Tensor | None]:
+        """``n`` pages of the host pool to move flat pages through the backend's v1 (None: pool full)."""
+        pool = self.mem_pool_host
+        if pool is None:
+            raise HiCacheError(
+                f"backend {self.name!r}: {type(self.inner).__name__} moves pages only between storage and "
+                "the host pool; register a host pool before get/set"
+            )
+        idx = pool.alloc(n * pool.page_size)
+        try:
+            yield idx
+        finally:
+            if idx is not None:
+                pool.free(idx)
+
+    def _get_via_v1(self, keys: list[str], targets: list[Any]) -> list[torch.Tensor | None]:
+        pool = self.mem_pool_host
+        with self._staged_pages(len(keys)) as idx:
+            if idx is None or pool is None:
+                return [None] * len(keys)
+            hits = self.batch_get_v1(keys, idx)
+            out: list[torch.Tensor | None] = []
+            for i, (hit, target) in enumerate(zip(hits, targets)):
+                page = pool.get_data_page(int(idx[i * pool.page_size]), flat=True).clone()
+                out.append(_into_target(page, target) if hit else None)
+            return out
+
+    def _set_via_v1(self, keys: list[str], values: list[Any]) -> bool:
+        pool = self.mem_pool_host
+        with self._staged_pages(len(keys)) as idx:
+            if idx is None or pool is None:
+                return False
+            try:
+                for i, value in enumerate(values):
+                    pool.set_from_flat_data_page(int(idx[i * pool.page_size]), value)
+            except (ValueError, RuntimeError):
+                return False  # not a page of this pool
+            return all(self.batch_set_v1(keys, idx))
 
     # bulk ----------------------------------------------------------------------
     def batch_get(self, keys: list[str], target_locations: Any | None = None, target_sizes: Any | None = None) -> list[torch.Tensor | None]:
         if not keys:  # SGLang never sends an empty batch; its backends may assert on one
             return []
+        if self._flat_via_v1:
+            locs = list(target_locations) if target_locations is not None else [None] * len(keys)
+            return self._get_via_v1(list(keys), locs)
+        if target_locations is None and self._batch_get_needs_targets:
+            target_locations = [self._staging_page("batch_get") for _ in keys]
         fn = getattr(self.inner, "batch_get", None)
         if not callable(fn):
             return super().batch_get(keys, target_locations, target_sizes)
-        result = fn(keys, target_locations, target_sizes)
+        mapped = self._ks(keys)
+        result = fn(mapped, target_locations, target_sizes)
         if isinstance(result, list) and len(result) == len(keys):
             return [r if isinstance(r, torch.Tensor) else None for r in result]
         if isinstance(result, int) and not isinstance(result, bool) and target_locations is not None:
-            return self._leading_counts(fn, keys, list(target_locations), target_sizes, result)
+            return self._leading_counts(fn, mapped, list(target_locations), target_sizes, result)
         return super().batch_get(keys, target_locations, target_sizes)
 
     def _leading_counts(
@@ -218,10 +341,12 @@ class DuckTypedBackend(HiCacheStorage):
     def batch_set(self, keys: list[str], values: Any | None = None, target_locations: Any | None = None, target_sizes: Any | None = None) -> bool:
         if not keys:
             return True
+        if self._flat_via_v1 and values is not None:
+            return self._set_via_v1(list(keys), list(values))
         fn = getattr(self.inner, "batch_set", None)
         if not callable(fn):
             return super().batch_set(keys, values, target_locations, target_sizes)
-        return bool(fn(keys, values, target_locations, target_sizes))
+        return bool(fn(self._ks(keys), values, target_locations, target_sizes))
 
     def batch_exists(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> int:
         if not keys:
@@ -231,7 +356,8 @@ class DuckTypedBackend(HiCacheStorage):
             return super().batch_exists(keys, extra_info)
         # Older backends take no extra_info. Ask the signature, not a TypeError, which could
         # come from inside the backend: retrying would hide that bug and call it twice.
-        result = fn(keys, _info(extra_info)) if _accepts(fn, keys, extra_info) else fn(keys)
+        mapped = self._ks(keys)
+        result = fn(mapped, _info(extra_info)) if _accepts(fn, mapped, extra_info) else fn(mapped)
         if isinstance(result, list):  # per-key answer: count the leading hits
             count = 0
             for hit in result:
@@ -246,7 +372,7 @@ class DuckTypedBackend(HiCacheStorage):
         if not keys:
             return []
         if self._native_v1:
-            result = self.inner.batch_get_v1(keys, host_indices, _info(extra_info))
+            result = self.inner.batch_get_v1(self._ks(keys), host_indices, _info(extra_info))
             checked = self._check_v1("batch_get_v1", result, len(keys))
             if checked is not None:
                 return checked
@@ -256,7 +382,7 @@ class DuckTypedBackend(HiCacheStorage):
         if not keys:
             return []
         if self._native_v1:
-            result = self.inner.batch_set_v1(keys, host_indices, _info(extra_info))
+            result = self.inner.batch_set_v1(self._ks(keys), host_indices, _info(extra_info))
             checked = self._check_v1("batch_set_v1", result, len(keys))
             if checked is not None:
                 return checked

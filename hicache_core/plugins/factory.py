@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from hicache_core.compat import sglang_shim
 from hicache_core.compat.sglang_api import is_sglang_shaped
+from hicache_core.compat.sglang_bridge import is_real_sglang_class, to_sglang_config
+from hicache_core.compat.sglang_known import known_sglang_class
 from hicache_core.plugins.adapter import V1_METHODS, DuckTypedBackend, defines_own, missing_methods
 from hicache_core.plugins.dynamic import DYNAMIC_KEYS, load_dynamic_class
 from hicache_core.plugins.registry import DYNAMIC, BackendRegistry, default_registry
@@ -161,13 +163,20 @@ def create_backend(
                 f"it lacks {', '.join(missing_m)}; implement SGLang's HiCacheStorage methods or "
                 "subclass hicache_core.HiCacheStorage"
             )
-    instance = _instantiate(cls, config, display)
+    # SGLang's own classes (a real sglang installed) get SGLang's own config object, and what
+    # hicache knows about them (hicache_core.compat.sglang_known).
+    sglang_class = is_real_sglang_class(cls)
+    instance = _instantiate(cls, to_sglang_config(config) if sglang_class else config, display)
     backend: HiCacheStorage
     if isinstance(instance, HiCacheStorage) and not is_sglang_shaped(cls):
         backend = instance
     else:
+        known = known_sglang_class(cls) if sglang_class else None
         try:
-            backend = DuckTypedBackend(instance, config, _adapted_v1(cls, name, interface_v1, registry), display)
+            backend = DuckTypedBackend(
+                instance, config, _adapted_v1(cls, name, interface_v1, registry), display, known=known,
+                namespace_keys=sglang_class,
+            )
         except Exception:
             _close_quietly(instance)  # refused after it was built: it may hold connections
             raise
