@@ -173,10 +173,22 @@ def test_edge_cases_exact_at_any_page_size_that_divides_the_block(page_size: int
     assert sum(s["hit_tokens"].values()) == prefix_reuse(reqs).hit_tokens
 
 
-def test_data_parallel_ranks_keep_the_figure(random_trace: tuple[list[dict[str, Any]], list[TraceRequest]]) -> None:
+def test_data_parallel_ranks_never_beat_the_figure(
+    random_trace: tuple[list[dict[str, Any]], list[TraceRequest]],
+) -> None:
+    """Cache-aware routing sends a request whose known prefix is short to the least loaded rank
+    (SGLang's router does the same): that rank may miss the short prefix, so DP ranks without a
+    shared L3 stay at or under the trace's figure, never above it (a hit above it would be a
+    page served from another request's bytes), and close to it."""
     _, reqs = random_trace
-    s = replayed(unbounded(reqs, 64, dp_size=3), reqs)
-    assert sum(s["hit_tokens"].values()) == prefix_reuse(reqs).hit_tokens
+    node = unbounded(reqs, 64, dp_size=3)
+    s = replay(LocalTarget(node, owns=False), reqs, progress=False).summary()
+    routed = [r["routed"] for r in node.status()["routing"]["ranks"]]
+    node.close()
+    fig = prefix_reuse(reqs).hit_tokens
+    assert s["failed_requests"] == 0 and s["verify_errors"] == 0
+    assert 0.85 * fig <= sum(s["hit_tokens"].values()) <= fig
+    assert sum(1 for n in routed if n) >= 2, routed
 
 
 def test_the_same_id_elsewhere_is_no_reuse() -> None:
