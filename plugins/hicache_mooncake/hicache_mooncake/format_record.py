@@ -16,10 +16,15 @@ The rule:
   ``hicache`` scheme); nothing is read or written.
 - **While attached** every existence check carries the record's name in the same
   ``batch_is_exist`` call (no extra round trip), and its value is read again at most every
-  ``RECHECK_S`` seconds. If the record has gone (``clear()``, a master restart, eviction), it
-  is claimed again before any page counts as present; if another format claimed the namespace
-  meanwhile, every page is a **miss** and every write is refused
+  ``RECHECK_S`` seconds. If the record has gone, it is claimed again before any page counts as
+  present; if another format claimed the namespace meanwhile, every page is a **miss** and every write is refused
   from then on, each counted as ``format_mismatch`` in ``get_stats()["errors"]``.
+
+The record is hard-pinned: Mooncake's eviction and ``remove_all`` leave it, so it disappears
+only with a master restart (which drops every page with it) or an explicit removal:
+hicache-mooncake's ``clear()`` (all pages, then this namespace's record) or a forced remove.
+Removing the record by hand while pages of its format stay would let a node of another
+format claim the namespace and read them; the nodes already attached would turn to misses.
 
 SGLang's own ``MooncakeStore`` neither writes nor reads the record: an SGLang engine sharing
 the namespace must run the same dtype and host layout as the hicache nodes (its pages carry no
@@ -65,7 +70,7 @@ class FormatRecord:
         """
         found = self._read()
         if found == b"":
-            self.objects.put_small(self.key, self.value)
+            self.objects.put_small(self.key, self.value, pinned=True)
             found = self._read()
         self._checked_at = time.monotonic()
         if not found or found == self.value:
@@ -79,8 +84,9 @@ class FormatRecord:
             raise LayoutError(
                 f"mooncake (scheme sglang): the pages under {self.key!r}'s namespace were written as "
                 f"{other!r}, this host pool's pages are {self.value.decode()!r}; they would be read "
-                "as wrong KV. Use the same dtype and host layout as the writers, or another "
-                "extra_backend_tag, or scheme 'hicache', or clear the namespace"
+                "as wrong KV. Use the same dtype, host layout and TP size as the writers, or another "
+                "extra_backend_tag, or scheme 'hicache'; or drop the old pages with clear() from a store "
+                "opened with this config (it removes every page, then this record)"
             )
         self.mismatch = None
 
@@ -93,6 +99,11 @@ class FormatRecord:
                     log.error("mooncake: namespace of %s now holds format %r; serving misses", self.key, other)
                     self.mismatch = other
         return self.mismatch is None
+
+    def remove(self) -> bool:
+        """Remove the record (after the namespace's pages are gone); True when it is gone."""
+        with self._lock:
+            return self.objects.remove_forced(self.key)
 
     def refuse(self, pages: int, what: str) -> None:
         """Count ``pages`` refused because the namespace holds another format."""

@@ -20,6 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from hicache_core.spec.errors import HiCacheError
 from hicache_mooncake import codes
 from hicache_mooncake.client import tcp_reachable
 from hicache_mooncake.codes import ErrorTally
@@ -174,9 +175,28 @@ class ObjectClient:
             return None
         return size
 
-    def put_small(self, key: str, value: bytes) -> int:
-        """``client.put`` of a small value (Mooncake copies it); the return code."""
+    def put_small(self, key: str, value: bytes, pinned: bool = False) -> int:
+        """``client.put`` of a small value (Mooncake copies it); the return code.
+
+        ``pinned``: hard-pinned, so eviction and ``remove_all`` leave it (Mooncake builds
+        without ``ReplicateConfig.with_hard_pin`` store it unpinned).
+        """
+        if pinned:
+            try:
+                from mooncake.store import ReplicateConfig
+
+                config = ReplicateConfig()
+                config.with_hard_pin = True
+                return self.call("put", 1, key, value, config)[0]
+            except (ImportError, AttributeError):
+                pass
         return self.call("put", 1, key, value)[0]
+
+    def remove_forced(self, key: str) -> bool:
+        """Remove one object even under a read lease (only for tiny metadata objects)."""
+        (rc,) = self.call("batch_remove", 1, [key], True)
+        self.count_failures([rc], "batch_remove", _REMOVED)
+        return rc in _REMOVED
 
     def get_small(self, key: str) -> bytes | None:
         """``client.get`` of a small object: its bytes, ``b""`` when absent, None on failure."""
@@ -188,6 +208,32 @@ class ObjectClient:
             self.errors.add("exception", 1, f"get: {type(exc).__name__}: {exc}")
             return None
         return bytes(value)
+
+    def probe(self, key: str, buf: Any) -> None:
+        """Raise ``HiCacheError`` unless ``key`` round-trips through the cluster.
+
+        ``buf`` is a registered uint8 tensor; its size is the probe object's. The object is
+        written once (a constant pattern) and read back on every probe. A pool too full for
+        the probe still counts as healthy: it serves reads and evicts by itself.
+        """
+        import torch
+
+        n = buf.numel()
+        (present,) = self.call("batch_is_exist", 1, [key])
+        if present not in (0, 1):
+            raise HiCacheError(f"mooncake: batch_is_exist probe failed ({codes.name_of(present)}, {present})")
+        pattern = torch.arange(n, dtype=torch.uint8)
+        if present == 0:
+            buf.copy_(pattern)
+            (rc,) = self.call("batch_put_from", 1, [key], [buf.data_ptr()], [n])
+            if rc == codes.NO_AVAILABLE_HANDLE:
+                return
+            if rc != 0:
+                raise HiCacheError(f"mooncake: probe put failed ({codes.name_of(rc)}, {rc})")
+        buf.zero_()
+        (rc,) = self.call("batch_get_into", 1, [key], [buf.data_ptr()], [n])
+        if rc != n or not torch.equal(buf, pattern):
+            raise HiCacheError(f"mooncake: probe read failed ({codes.name_of(rc) if rc < 0 else f'{rc} bytes'})")
 
     # ------------------------------------------------------------------ memory registration
     def register(self, ptr: int, size: int) -> int:

@@ -49,8 +49,8 @@ log = logging.getLogger(__name__)
 
 #: Pages per Mooncake call (SGLang issues I/O in batches of at most 128 pages).
 MAX_BATCH_PAGES = 128
+#: One probe object for every client: its bytes are a constant, so duplicate puts agree.
 PROBE_KEY = "__hicache_mooncake_health_probe__"
-_PROBE_BYTES = 64
 
 
 class MooncakeStore(HiCacheStorage):
@@ -76,7 +76,7 @@ class MooncakeStore(HiCacheStorage):
             "bytes_written": 0, "bytes_read": 0, "pages_skipped_non_writer": 0,
         }
         self._registered: list[int] = []
-        self._probe_buf = torch.zeros(_PROBE_BYTES, dtype=torch.uint8)
+        self._probe_buf = torch.zeros(64, dtype=torch.uint8)
         self._probe_lock = threading.Lock()
         parts = 1 if self._is_mla else 2
         # +1: an existence check carries the format record's name in the same call.
@@ -351,10 +351,16 @@ class MooncakeStore(HiCacheStorage):
         return self._objects.remove(self._names.objects([key]))
 
     def clear(self) -> None:
-        """Remove every object in the cluster that has no read lease (shared: all nodes' pages)."""
+        """Remove every object in the cluster that has no read lease (shared: all nodes' pages).
+
+        Under ``scheme: sglang`` this namespace's format record (hard-pinned, so ``remove_all``
+        leaves it) goes too; an attached store claims it again on its next existence check.
+        """
         (rc,) = self._objects.call("remove_all", 1)
         if rc < 0:
             raise HiCacheError(f"mooncake: remove_all failed ({codes.name_of(rc)}, {rc})")
+        if self._sglang is not None:
+            self._objects.remove_forced(self._sglang.record_key())
         log.info("mooncake: clear removed %d objects", rc)
 
     def health_check(self) -> None:
@@ -372,27 +378,7 @@ class MooncakeStore(HiCacheStorage):
             raise HiCacheError(f"mooncake: master {self.settings.master_server_address} unreachable: {why}")
         self._objects.master_answered()
         with self._probe_lock:
-            self._probe()
-
-    def _probe(self) -> None:
-        # One probe key for every client: its bytes are a constant, so duplicate puts agree.
-        call = self._objects.call
-        (present,) = call("batch_is_exist", 1, [PROBE_KEY])
-        if present not in (0, 1):
-            raise HiCacheError(f"mooncake: batch_is_exist probe failed ({codes.name_of(present)}, {present})")
-        buf = self._probe_buf
-        pattern = torch.arange(_PROBE_BYTES, dtype=torch.uint8)
-        if present == 0:
-            buf.copy_(pattern)
-            (rc,) = call("batch_put_from", 1, [PROBE_KEY], [buf.data_ptr()], [_PROBE_BYTES])
-            if rc == codes.NO_AVAILABLE_HANDLE:
-                return  # a full pool still serves reads and evicts on its own: not a reason to detach
-            if rc != 0:
-                raise HiCacheError(f"mooncake: probe put failed ({codes.name_of(rc)}, {rc})")
-        buf.zero_()
-        (rc,) = call("batch_get_into", 1, [PROBE_KEY], [buf.data_ptr()], [_PROBE_BYTES])
-        if rc != _PROBE_BYTES or not torch.equal(buf, pattern):
-            raise HiCacheError(f"mooncake: probe read failed ({codes.name_of(rc) if rc < 0 else f'{rc} bytes'})")
+            self._objects.probe(PROBE_KEY, self._probe_buf)
 
     def get_stats(self) -> dict[str, Any]:
         with self._counts_lock:
