@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -75,10 +76,14 @@ def run_demo(workdir: str | None = None, limit: int | None = None, plot: str | N
         result = switch_scenario(node.url, key, requests, first, second, concurrency=concurrency)
     finally:
         node.stop()
+        if not workdir:
+            # A temp dir of our own: the L3 page files (~280 MB a run) go; the log and the plot stay.
+            for choice in (first, second):
+                shutil.rmtree(choice.extra_config["path"], ignore_errors=True)
     summary = print_report(result, console, title="hicache demo: replay of the bundled sample")
     plot_path = write_plot(result, plot or root / "hicache_demo.png",
                            title="hicache demo: hit ratio per tier (detach / attach / switch marked)")
-    console.print(f"plot: {plot_path}")
+    console.print(f"plot: {plot_path}" + ("" if workdir else "  (L3 files removed; --workdir DIR keeps them)"))
     if as_json:
         print(json.dumps(summary))
     problems = check_scenario(summary)

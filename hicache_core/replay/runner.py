@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Column
 
 from hicache_core.replay.reference import prefix_reuse
 from hicache_core.replay.targets import Target
@@ -160,10 +161,14 @@ def replay(
         slots.release()
         return rec
 
+    # Fixed widths: the whole line fits 80 columns ("1000/…" did not), the bar takes what is left.
     bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("hit {task.fields[hit]:.1%}  L3 {task.fields[l3]:.1%}  failed {task.fields[failed]}"),
-        TimeElapsedColumn(), disable=not progress, transient=False,
+        TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True, max_width=20)),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=6)),
+        MofNCompleteColumn(table_column=Column(no_wrap=True, min_width=11)),
+        TextColumn("hit {task.fields[hit]:.1%} L3 {task.fields[l3]:.1%} failed {task.fields[failed]}",
+                   table_column=Column(no_wrap=True, min_width=30)),
+        TimeElapsedColumn(table_column=Column(no_wrap=True, min_width=7)), disable=not progress, transient=False,
     )
     futures: list[Future[RequestRecord]] = []
     with bar, ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="replay") as pool:
@@ -218,9 +223,29 @@ def replay(
         for fut in futures:
             fut.result()
     wall = time.perf_counter() - t0
-    status_after = _safe_status(target)
+    status_after = settled_status(target)
     final = [r for r in records if r is not None]
     return ReplayResult(final, wall, status_before, status_after, prefix_reuse(requests).to_dict(), events)
+
+
+def backups_in_flight(status: dict[str, Any] | None) -> int:
+    """L2 -> L3 pages queued and not yet confirmed, over every rank of a node's status."""
+    if not status:
+        return 0
+    return sum(int(r.get("backup_pages_in_flight", 0) or 0) for r in status.get("ranks", []))
+
+
+def settled_status(target: Target, timeout_s: float = 30.0, poll_s: float = 0.05) -> dict[str, Any] | None:
+    """The node's status once its backups in flight have landed (or ``timeout_s`` passed).
+
+    Taken at once, "bytes stored" missed the backups of the last requests, still in flight.
+    """
+    deadline = time.monotonic() + timeout_s
+    status = _safe_status(target)
+    while backups_in_flight(status) and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        status = _safe_status(target)
+    return status
 
 
 def _safe_status(target: Target) -> dict[str, Any] | None:

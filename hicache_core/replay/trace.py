@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -57,9 +60,9 @@ def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str =
         raise ValueError(f"timestamp unit {timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
     scale = TIMESTAMP_UNITS[timestamp_unit]
     out: list[TraceRequest] = []
-    # utf-8-sig: a byte-order mark (some editors and Windows tools write one) is not JSON.
-    with p.open(encoding="utf-8-sig") as fh:
-        for lineno, line in enumerate(fh, 1):
+    lineno = 0
+    try:
+        for lineno, line in _lines(p):
             if limit is not None and len(out) >= limit:
                 break
             if not line.strip():
@@ -68,7 +71,28 @@ def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str =
                 out.append(_parse_row(json.loads(line), len(out), scale))
             except (ValueError, KeyError, TypeError, OverflowError) as exc:
                 raise ValueError(f"{p}:{lineno}: not a Mooncake trace line ({exc}); {_FIELDS_HINT}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{p}:{lineno + 1}: not text (byte {exc.start} of that line is not UTF-8): give a Mooncake-format "
+            ".jsonl file (or one compressed with gzip)"
+        ) from None
+    except (OSError, EOFError) as exc:  # a truncated or corrupt gzip file
+        raise ValueError(f"{p}: cannot read it: {exc}") from None
     return out
+
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line)`` of a text or gzip-compressed file (found by its magic bytes)."""
+    with path.open("rb") as raw:
+        magic = raw.read(2)
+    opened = gzip.open(path, "rb") if magic == _GZIP_MAGIC else path.open("rb")
+    with opened as fh:
+        # utf-8-sig: a byte-order mark (some editors and Windows tools write one) is not JSON.
+        text = io.TextIOWrapper(fh, encoding="utf-8-sig")
+        yield from enumerate(text, 1)
 
 
 def _parse_row(row: object, index: int, ms_per_unit: float) -> TraceRequest:
