@@ -69,3 +69,24 @@ def test_a_kit_run_can_be_narrowed_and_reports_skips_with_reasons(tmp_path: Path
     report = _run(MemoryStore, tmp_path, keyword="persistent")
     assert {o.test for o in report.outcomes} == {"test_persistent_across_reopen", "test_persistent_after_kill_9"}
     assert all(o.outcome == "skipped" and "capabilities.persistent is False" in o.detail for o in report.outcomes)
+
+
+def test_hicache_check_names_the_broken_property(tmp_path: Path) -> None:
+    """The same verdict from the command line: ``hicache check dynamic`` on a gallery backend."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    tests_dir = str(Path(__file__).parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("HICACHE_PLUGINS", "HICACHE_DYNAMIC_ALLOWLIST")}
+    env.update(COLUMNS="400", PYTHONPATH=os.pathsep.join([tests_dir, env.get("PYTHONPATH", "")]))
+    config = {"backend_name": "cp_blind", "module_path": "broken_backends.defects", "class_name": "CpBlind",
+              "store": uuid.uuid4().hex}
+    result = subprocess.run(
+        [sys.executable, "-m", "hicache_core.cli.main", "check", "dynamic", "--config", json.dumps(config),
+         "-k", "namespace_isolation"], capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "does not conform" in result.stdout
+    assert "namespace isolation: a page written for attention-cp rank 0 (of 2) was served to attention-cp" in result.stdout

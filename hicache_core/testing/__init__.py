@@ -18,7 +18,9 @@ each time it is called (the kit calls it again to test persistence across reopen
 registers the host pool, closes what it opened, and skips what the backend's capabilities
 say is absent. ``hicache check NAME`` runs the same suite against an installed backend.
 
-``hicache_core.testing.processes`` starts the services such tests need (a server process on a
+``hicache_core.testing.runner.run_kit(KitTarget(name, open_backend, config))`` runs the whole
+kit from code and returns each test's outcome and failure message (what ``hicache check``
+prints). ``hicache_core.testing.processes`` starts the services such tests need (a server process on a
 free loopback port, waited for until healthy, stopped by PID).
 """
 
@@ -28,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from hicache_core.testing.conformance import StorageConformanceTests
+    from hicache_core.testing.runner import KitReport, KitTarget, run_kit
 
-__all__ = ["StorageConformanceTests"]
+__all__ = ["KitReport", "KitTarget", "StorageConformanceTests", "run_kit"]
 
 
 def __getattr__(name: str) -> Any:
@@ -39,4 +42,8 @@ def __getattr__(name: str) -> Any:
         from hicache_core.testing.conformance import StorageConformanceTests
 
         return StorageConformanceTests
+    if name in ("KitReport", "KitTarget", "run_kit"):
+        from hicache_core.testing import runner
+
+        return getattr(runner, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

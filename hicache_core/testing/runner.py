@@ -134,7 +134,11 @@ def run_kit(
             # No conftest.py of the directories around the installed package joins in.
             "--confcutdir", os.path.dirname(os.path.abspath(check_suite.__file__)),
             "-q" if verbose else "-qq", "--tb=short" if verbose else "--tb=no", "-p", "no:randomly",
+            # The kit's own modules are imported before pytest starts: nothing to rewrite.
+            "-W", "ignore::pytest.PytestAssertRewriteWarning",
         ]
+        if not verbose:
+            argv += ["-rN"]  # the caller reports outcomes; no pytest summary
         if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
             argv += ["-p", "hicache_core.testing.pytest_plugin"]
         if keyword:
