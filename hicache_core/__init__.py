@@ -4,23 +4,52 @@ The public API: the storage contract (``HiCacheStorage`` and friends), the host 
 backend discovery and creation.
 """
 
-from hicache_core.memory.host_pool import HostKVPool
-from hicache_core.plugins.factory import create_backend
-from hicache_core.plugins.registry import BackendRegistry, default_registry
-from hicache_core.plugins.spec import BackendSpec, ConfigOption
-from hicache_core.spec import (
-    BackendConfigError,
-    BackendLoadError,
-    BackendNotFoundError,
-    Capabilities,
-    ContractVersionError,
-    HiCacheError,
-    HiCacheStorage,
-    HiCacheStorageConfig,
-    HiCacheStorageExtraInfo,
-    LayoutError,
-)
-from hicache_core.version import CONTRACT_VERSION, __version__
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hicache_core.memory.host_pool import HostKVPool
+    from hicache_core.plugins.factory import create_backend
+    from hicache_core.plugins.registry import BackendRegistry, default_registry
+    from hicache_core.plugins.spec import BackendSpec, ConfigOption
+    from hicache_core.spec import (
+        BackendConfigError,
+        BackendLoadError,
+        BackendNotFoundError,
+        Capabilities,
+        ContractVersionError,
+        HiCacheError,
+        HiCacheStorage,
+        HiCacheStorageConfig,
+        HiCacheStorageExtraInfo,
+        LayoutError,
+    )
+    from hicache_core.version import CONTRACT_VERSION, __version__
+
+#: Public names and the modules that define them, imported on first use (PEP 562), so that
+#: importing the package (the ``hicache`` CLI, plugin modules) does not import torch.
+_EXPORTS: dict[str, str] = {
+    "HostKVPool": "hicache_core.memory.host_pool",
+    "create_backend": "hicache_core.plugins.factory",
+    "BackendRegistry": "hicache_core.plugins.registry",
+    "default_registry": "hicache_core.plugins.registry",
+    "BackendSpec": "hicache_core.plugins.spec",
+    "ConfigOption": "hicache_core.plugins.spec",
+    "BackendConfigError": "hicache_core.spec",
+    "BackendLoadError": "hicache_core.spec",
+    "BackendNotFoundError": "hicache_core.spec",
+    "Capabilities": "hicache_core.spec",
+    "ContractVersionError": "hicache_core.spec",
+    "HiCacheError": "hicache_core.spec",
+    "HiCacheStorage": "hicache_core.spec",
+    "HiCacheStorageConfig": "hicache_core.spec",
+    "HiCacheStorageExtraInfo": "hicache_core.spec",
+    "LayoutError": "hicache_core.spec",
+    "CONTRACT_VERSION": "hicache_core.version",
+    "__version__": "hicache_core.version",
+}
 
 __all__ = [
     "CONTRACT_VERSION",
@@ -42,3 +71,17 @@ __all__ = [
     "create_backend",
     "default_registry",
 ]
+
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

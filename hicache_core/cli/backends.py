@@ -6,10 +6,16 @@ import argparse
 import json
 from typing import Any
 
+#: The subcommands this module registers and their one-line help (``hicache --help`` lists
+#: them without building their parsers).
+COMMANDS: dict[str, str] = {
+    "backends": "list storage backends: installed, available, and how to install the rest",
+}
+
 
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "backends", help="list storage backends: installed, available, and how to install the rest"
+        "backends", help=COMMANDS["backends"]
     )
     p.add_argument("--json", action="store_true", help="print a JSON list instead of a table")
     p.add_argument(
@@ -22,7 +28,10 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from hicache_core.plugins.registry import default_registry
 
-    rows = default_registry().describe(deep=args.deep)
+    # The table skips importing class-form backends (their module usually imports torch: seconds);
+    # --deep and --json (complete data for scripts) load them for their capabilities.
+    loaded = args.deep or args.json
+    rows = default_registry().describe(deep=args.deep, load_classes=loaded)
     if args.json:
         print(json.dumps([r.to_dict() for r in rows], indent=2))
         return 0
@@ -37,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         note = r.reason or ("" if r.status == "available" else r.install_hint)
         table.add_row(
             r.name, r.distribution or "", r.version or "", f"[{style[r.status]}]{r.status}[/]",
-            ", ".join(r.capabilities), note,
+            ", ".join(r.capabilities) if loaded or r.source != "class" else "[dim](--deep to load)[/]", note,
         )
     Console().print(table)
     return 0

@@ -17,10 +17,17 @@ EXIT_FAILED = 1
 EXIT_CANNOT_START = 2
 
 
+#: The subcommands this module registers and their one-line help (``hicache --help`` lists
+#: them without building their parsers).
+COMMANDS: dict[str, str] = {
+    "check": "run the storage conformance kit against a backend; exit 0 only when it conforms",
+}
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "check",
-        help="run the storage conformance kit against a backend; exit 0 only when it conforms",
+        help=COMMANDS["check"],
         description=(
             "Run hicache's storage conformance kit against the backend NAME (installed, or "
             "'dynamic' with module_path/class_name in --config). The kit writes pages under the "

@@ -6,12 +6,18 @@ import argparse
 import json
 from typing import Any
 
+#: The subcommands this module registers and their one-line help (``hicache --help`` lists
+#: them without building their parsers).
+COMMANDS: dict[str, str] = {
+    "replay": "replay a Mooncake trace against a node; hit ratio per tier, verification, plot",
+}
+
 
 def register(sub: Any) -> None:
     from hicache_core.node.cli_args import add_node_arguments
 
     p: argparse.ArgumentParser = sub.add_parser(
-        "replay", help="replay a Mooncake trace against a node; hit ratio per tier, verification, plot",
+        "replay", help=COMMANDS["replay"],
         description="Without --url an in-process node is built from the node flags below.",
     )
     p.add_argument("trace", nargs="?", default=None,

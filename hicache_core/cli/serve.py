@@ -6,12 +6,19 @@ import argparse
 import sys
 from typing import Any
 
+#: The subcommands this module registers and their one-line help (``hicache --help`` lists
+#: them without building their parsers).
+COMMANDS: dict[str, str] = {
+    "serve": "run the reference node: L1 + L2 + an L3 backend, with SGLang's admin API",
+    "demo": "quick start: a node with the file backend, the bundled trace, detach/attach/switch live",
+}
+
 
 def register(sub: Any) -> None:
     from hicache_core.node.cli_args import add_node_arguments
 
     p: argparse.ArgumentParser = sub.add_parser(
-        "serve", help="run the reference node: L1 + L2 + an L3 backend, with SGLang's admin API",
+        "serve", help=COMMANDS["serve"],
         description="Plays the cache side of an LLM engine (L1 device, L2 host, L3 backend) over HTTP: "
                     "POST /generate, PUT/DELETE/GET /hicache/storage-backend, /hicache/status, /health, /metrics.",
     )
@@ -30,7 +37,7 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run_serve)
 
     d: argparse.ArgumentParser = sub.add_parser(
-        "demo", help="quick start: a node with the file backend, the bundled trace, detach/attach/switch live",
+        "demo", help=COMMANDS["demo"],
     )
     d.add_argument("--workdir", help="where L3 files, the log and the plot go (default: a new temp dir)")
     d.add_argument("--limit", type=int, default=None, help="replay the first N requests of the sample")

@@ -10,9 +10,16 @@ from typing import Any
 API_KEY_ENV = "HICACHE_ADMIN_API_KEY"
 
 
+#: The subcommands this module registers and their one-line help (``hicache --help`` lists
+#: them without building their parsers).
+COMMANDS: dict[str, str] = {
+    "storage": "attach, detach or show the L3 backend of a running node (SGLang admin API)",
+}
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
-        "storage", help="attach, detach or show the L3 backend of a running node (SGLang admin API)",
+        "storage", help=COMMANDS["storage"],
     )
     ops = p.add_subparsers(dest="storage_op", metavar="OP", required=True)
 
@@ -38,52 +45,71 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import httpx
     from rich.console import Console
 
-    from hicache_core.node.cli_args import parse_json_or_file
-
     out, err = Console(), Console(stderr=True)
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     url = args.url.rstrip("/")
     try:
-        with httpx.Client(base_url=url, headers=headers, timeout=args.timeout) as client:
-            if args.storage_op == "attach":
-                try:
-                    extra = parse_json_or_file(args.extra_config, "--extra-config")
-                except ValueError as exc:
-                    err.print(f"[red]{exc}[/]")
-                    return 2
-                body: dict[str, Any] = {"hicache_storage_backend": args.backend}
-                if extra:
-                    body["hicache_storage_backend_extra_config_json"] = json.dumps(extra)
-                if args.prefetch_policy:
-                    body["hicache_storage_prefetch_policy"] = args.prefetch_policy
-                if args.write_policy:
-                    body["hicache_write_policy"] = args.write_policy
-                if args.replace:
-                    body["replace"] = True
-                resp = client.put("/hicache/storage-backend", json=body)
-            elif args.storage_op == "detach":
-                resp = client.delete("/hicache/storage-backend")
-            else:
-                resp = client.get("/hicache/storage-backend")
-                if resp.status_code == 200 and args.full:
-                    full = client.get("/hicache/status")
-                    full.raise_for_status()
-                    out.print_json(data={"storage_backend": resp.json(), "status": full.json()})
-                    return 0
-    except httpx.HTTPError as exc:
-        err.print(f"[red]cannot reach {url}: {exc}; is the node running (hicache serve)?[/]")
+        if args.storage_op == "attach":
+            from hicache_core.node.cli_args import parse_json_or_file  # imports torch: attach only
+
+            try:
+                extra = parse_json_or_file(args.extra_config, "--extra-config")
+            except ValueError as exc:
+                err.print(f"[red]{exc}[/]")
+                return 2
+            body: dict[str, Any] = {"hicache_storage_backend": args.backend}
+            if extra:
+                body["hicache_storage_backend_extra_config_json"] = json.dumps(extra)
+            if args.prefetch_policy:
+                body["hicache_storage_prefetch_policy"] = args.prefetch_policy
+            if args.write_policy:
+                body["hicache_write_policy"] = args.write_policy
+            if args.replace:
+                body["replace"] = True
+            status, data = _call(url, "PUT", "/hicache/storage-backend", args, body)
+        elif args.storage_op == "detach":
+            status, data = _call(url, "DELETE", "/hicache/storage-backend", args)
+        else:
+            status, data = _call(url, "GET", "/hicache/storage-backend", args)
+            if status == 200 and args.full:
+                full_status, full = _call(url, "GET", "/hicache/status", args)
+                if full_status != 200:
+                    err.print(f"[red]GET /hicache/status answered {full_status}[/]")
+                    return 1
+                out.print_json(data={"storage_backend": data, "status": full})
+                return 0
+    except OSError as exc:  # refused, unreachable, timed out (urllib's URLError is an OSError)
+        reason = getattr(exc, "reason", exc)
+        err.print(f"[red]cannot reach {url}: {reason}; is the node running (hicache serve)?[/]")
         return 1
-    try:
-        data = resp.json()
-    except ValueError:
-        data = {"message": resp.text}
     out.print_json(data=data)
-    if resp.status_code == 401:
+    if status == 401:
         err.print("[red]401: wrong or missing admin key; pass --api-key or set "
                   f"${API_KEY_ENV} to the node's --admin-api-key[/]")
-    elif resp.status_code == 400 and "admin API key" in json.dumps(data):
+    elif status == 400 and "admin API key" in json.dumps(data):
         err.print("[red]400: the node was started without --admin-api-key; restart it with one[/]")
-    return 0 if resp.status_code == 200 else 1
+    return 0 if status == 200 else 1
+
+
+def _call(url: str, method: str, path: str, args: argparse.Namespace, body: Any = None) -> tuple[int, Any]:
+    """``(status, JSON body)`` of one admin API call (the standard library's HTTP client:
+    it starts in milliseconds, where httpx takes a few hundred)."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    req = urllib.request.Request(url + path, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=args.timeout) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:  # an answer with an error status: still an answer
+        status, raw = exc.code, exc.read()
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, {"message": raw.decode(errors="replace")}

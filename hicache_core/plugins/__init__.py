@@ -9,10 +9,29 @@
 - ``factory``: the one path that creates every backend.
 """
 
-from hicache_core.plugins.factory import create_backend, resolve_backend_class
-from hicache_core.plugins.hookspecs import hookimpl
-from hicache_core.plugins.registry import BackendInfo, BackendRegistry, default_registry
-from hicache_core.plugins.spec import BackendSpec, ConfigOption
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hicache_core.plugins.factory import create_backend, resolve_backend_class
+    from hicache_core.plugins.hookspecs import hookimpl
+    from hicache_core.plugins.registry import BackendInfo, BackendRegistry, default_registry
+    from hicache_core.plugins.spec import BackendSpec, ConfigOption
+
+#: Public names and the modules that define them, imported on first use (PEP 562), so that
+#: importing the package (the ``hicache`` CLI, plugin modules) does not import torch.
+_EXPORTS: dict[str, str] = {
+    "create_backend": "hicache_core.plugins.factory",
+    "resolve_backend_class": "hicache_core.plugins.factory",
+    "hookimpl": "hicache_core.plugins.hookspecs",
+    "BackendInfo": "hicache_core.plugins.registry",
+    "BackendRegistry": "hicache_core.plugins.registry",
+    "default_registry": "hicache_core.plugins.registry",
+    "BackendSpec": "hicache_core.plugins.spec",
+    "ConfigOption": "hicache_core.plugins.spec",
+}
 
 __all__ = [
     "BackendInfo",
@@ -24,3 +43,17 @@ __all__ = [
     "hookimpl",
     "resolve_backend_class",
 ]
+
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

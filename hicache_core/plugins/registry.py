@@ -290,11 +290,14 @@ class BackendRegistry:
                 return why
         return ""
 
-    def describe(self, deep: bool = False) -> list[BackendInfo]:
+    def describe(self, deep: bool = False, load_classes: bool = True) -> list[BackendInfo]:
         """Every backend: installed (available or not), and first-party ones not installed.
 
-        With ``deep`` the class-form targets are imported to confirm they load; plugin-module
-        backends are never imported here (their ``requires`` and ``probe`` decide).
+        Class-form targets are imported (their capabilities live on the class) unless
+        ``load_classes`` is False: then only their module is looked up, and their capabilities
+        are left empty (the ``hicache`` CLI lists fast that way; ``--deep`` loads them). With
+        ``deep`` every available target is imported to confirm it loads; plugin-module backends
+        are otherwise never imported here (their ``requires`` and ``probe`` decide).
         """
         with self._lock:
             self._ensure_loaded()
@@ -306,7 +309,9 @@ class BackendRegistry:
             spec = reg.spec
             caps = spec.capabilities
             reason = self._conflict_reason(name) if name in conflicts else self._unavailable_reason(spec)
-            if not reason and (reg.source == "class" or deep):
+            if not reason and reg.source == "class" and not (load_classes or deep):
+                reason = _module_missing(spec.target)
+            elif not reason and (reg.source == "class" or deep):
                 try:
                     cls = import_target(spec.target, what=f"backend {name!r}")
                     caps = getattr(cls, "capabilities", caps)
@@ -384,3 +389,13 @@ def default_registry(refresh: bool = False) -> BackendRegistry:
         if _default is None or refresh:
             _default = BackendRegistry()
         return _default
+
+
+def _module_missing(target: str) -> str:
+    """Why the module of ``module:attr`` cannot be found ("" when it can), without importing it."""
+    module_name = target.partition(":")[0]
+    try:
+        found = importlib.util.find_spec(module_name) is not None
+    except (ImportError, ValueError) as exc:
+        return f"cannot import {module_name!r}: {exc}"
+    return "" if found else f"module {module_name!r} is not installed"

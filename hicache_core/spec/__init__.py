@@ -1,16 +1,37 @@
 """The storage contract: what every L3 backend implements and what callers may rely on."""
 
-from hicache_core.spec.capabilities import Capabilities
-from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
-from hicache_core.spec.errors import (
-    BackendConfigError,
-    BackendLoadError,
-    BackendNotFoundError,
-    ContractVersionError,
-    HiCacheError,
-    LayoutError,
-)
-from hicache_core.spec.storage import HiCacheStorage
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hicache_core.spec.capabilities import Capabilities
+    from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
+    from hicache_core.spec.errors import (
+        BackendConfigError,
+        BackendLoadError,
+        BackendNotFoundError,
+        ContractVersionError,
+        HiCacheError,
+        LayoutError,
+    )
+    from hicache_core.spec.storage import HiCacheStorage
+
+#: Public names and the modules that define them, imported on first use (PEP 562), so that
+#: importing the package (the ``hicache`` CLI, plugin modules) does not import torch.
+_EXPORTS: dict[str, str] = {
+    "Capabilities": "hicache_core.spec.capabilities",
+    "HiCacheStorageConfig": "hicache_core.spec.config",
+    "HiCacheStorageExtraInfo": "hicache_core.spec.config",
+    "BackendConfigError": "hicache_core.spec.errors",
+    "BackendLoadError": "hicache_core.spec.errors",
+    "BackendNotFoundError": "hicache_core.spec.errors",
+    "ContractVersionError": "hicache_core.spec.errors",
+    "HiCacheError": "hicache_core.spec.errors",
+    "LayoutError": "hicache_core.spec.errors",
+    "HiCacheStorage": "hicache_core.spec.storage",
+}
 
 __all__ = [
     "BackendConfigError",
@@ -24,3 +45,17 @@ __all__ = [
     "HiCacheStorageExtraInfo",
     "LayoutError",
 ]
+
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
