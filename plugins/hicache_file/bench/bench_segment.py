@@ -1,0 +1,365 @@
+"""Benchmark: the file backend's segment scheme beside SGLang's real ``HiCacheFile``, the
+page-file scheme, and raw I/O, in one run on one disk.
+
+For 128-page batches of 64 KiB and 1 MiB pages (bf16 MHA, ``page_first`` host pool), each
+contender does, per round, on keys never written before: **set**, **get warm** (the pages just
+written, from the page cache), **get cold** (the contender's files dropped from the page cache
+first, untimed: ``fdatasync`` + ``posix_fadvise(DONTNEED)`` per file, or ``--drop-caches``
+as root) and **exists** of the 128 keys. Rounds interleave the contenders (rotating their
+order); the table shows medians.
+
+Contenders:
+
+- ``SGLang HiCacheFile``: the class from the installed ``sglang`` (0.5.23), driven as SGLang's
+  controller drives it (its generic page path: ``batch_set`` of ``get_data_page`` copies,
+  ``batch_get`` into ``get_dummy_flat_data_page`` then ``set_from_flat_data_page``,
+  ``batch_exists``). The host pool is hicache's ``HostKVPool``, which has the same methods.
+- ``pagefile v1`` / ``segment v1``: hicache-file's two schemes, ``batch_set_v1`` /
+  ``batch_get_v1`` / ``batch_exists`` straight into and out of the host pool.
+- ``raw per-page files``: ``open`` + one ``pwritev``/``preadv`` + ``close`` per page (new files
+  per round), ``stat`` per key for exists: the least one file per page costs.
+- ``raw one file``: the same bytes to and from one preallocated file with as few
+  ``pwritev``/``preadv`` calls as ``IOV_MAX`` allows: the disk and page-cache limit.
+
+Also printed: memory the segment index uses per stored page (measured with ``tracemalloc``),
+beside the page-file scheme's LRU index.
+
+Run: ``python plugins/hicache_file/bench/bench_segment.py [--rounds 5] [--dir /tmp]``.
+The sglang import needs no torchvision here; when it does fail on it, an import-only stand-in
+module is put in its place (stated in the output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import tracemalloc
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from hicache_file.segment.index import SegmentIndex
+from hicache_file.segment.pageio import PoolPages, preadv_all, pwritev_all
+from hicache_file.segment.store import SegmentStore
+from hicache_file.store import FileStore
+from rich.console import Console
+from rich.table import Table
+
+from hicache_core import HiCacheStorageConfig, HostKVPool
+
+#: label -> (page_size tokens, layer_num, head_num, head_dim): bf16 MHA pages of that size.
+SHAPES = {"64 KiB": (16, 4, 4, 64), "1 MiB": (64, 8, 8, 64)}
+PAGES = 128
+GiB = float(1 << 30)
+OPS = ("set", "get warm", "get cold", "exists")
+
+
+def import_sglang_file_backend() -> tuple[Any, Any, str]:
+    """SGLang's ``HiCacheFile`` and ``HiCacheStorageConfig``, and a note on how they loaded."""
+    os.environ.pop("SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR", None)
+    note = "sglang imported as installed"
+    try:
+        from sglang.srt.mem_cache import hicache_storage as hs
+    except ImportError as exc:
+        if "torchvision" not in str(exc):
+            raise
+        # torchvision from PyPI cannot import against CPU torch; SGLang's import path only
+        # needs the name. An import-only stand-in (no torchvision code runs in this bench).
+        stub = types.ModuleType("torchvision")
+        stub.__path__ = []  # type: ignore[attr-defined]
+        sys.modules["torchvision"] = stub
+        from sglang.srt.mem_cache import hicache_storage as hs
+
+        note = "sglang imported with an import-only torchvision stand-in"
+    import sglang
+
+    return hs.HiCacheFile, hs.HiCacheStorageConfig, f"{note} (sglang {sglang.__version__})"
+
+
+def drop_cache(paths: list[str], as_root: bool) -> None:
+    """Drop ``paths`` (or, as root with ``--drop-caches``, everything) from the page cache."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            if not as_root:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    if as_root:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("1\n")
+
+
+def files_under(path: str, suffix: str) -> list[str]:
+    out = []
+    for dirpath, _, names in os.walk(path):
+        out.extend(os.path.join(dirpath, n) for n in names if n.endswith(suffix))
+    return out
+
+
+@dataclass
+class Contender:
+    name: str
+    set: Callable[[list[str]], None]
+    get: Callable[[list[str]], None]
+    exists: Callable[[list[str]], None] | None
+    files: Callable[[], list[str]]
+    times: dict[str, list[float]] = field(default_factory=dict)
+
+
+def build(label: str, root: str, sgl: tuple[Any, Any]) -> tuple[list[Contender], HostKVPool, Any, list[Any]]:
+    page_size, layers, heads, dim = SHAPES[label]
+    pool = HostKVPool(size=3 * PAGES * page_size, page_size=page_size, layer_num=layers, head_num=heads,
+                      head_dim=dim, dtype=torch.bfloat16, layout="page_first")
+    pool.kv_buffer.view(-1).view(torch.uint8).random_(0, 256)
+    src = pool.alloc(PAGES * page_size)
+    dst = pool.alloc(PAGES * page_size)
+    assert src is not None and dst is not None
+    src_pages, dst_pages = pool.indices_to_pages(src), pool.indices_to_pages(dst)
+    model = f"bench-{label.replace(' ', '')}"
+    views = PoolPages(pool)
+    src_views, dst_views = views.views(src_pages), views.views(dst_pages)
+    contenders: list[Contender] = []
+
+    # SGLang's HiCacheFile through SGLang's generic page path.
+    HiCacheFile, SGLConfig = sgl
+    sgl_dir = os.path.join(root, "sglang")
+    sgl_store = HiCacheFile(SGLConfig(
+        tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_cp_rank=0, attn_cp_size=1, is_mla_model=False,
+        enable_storage_metrics=False, is_page_first_layout=True, model_name=model,
+        extra_config={"file_storage_path": sgl_dir},
+    ))
+
+    def sgl_set(keys: list[str]) -> None:
+        data = [pool.get_data_page(int(src[i * page_size])) for i in range(len(keys))]
+        assert sgl_store.batch_set(keys, data)
+
+    def sgl_get(keys: list[str]) -> None:
+        dummies = [pool.get_dummy_flat_data_page() for _ in keys]
+        got = sgl_store.batch_get(keys, dummies)
+        for i, page in enumerate(got):
+            assert page is not None
+            pool.set_from_flat_data_page(int(dst[i * page_size]), page)
+
+    def sgl_exists(keys: list[str]) -> None:
+        assert sgl_store.batch_exists(keys) == len(keys)
+
+    contenders.append(Contender("SGLang HiCacheFile", sgl_set, sgl_get, sgl_exists, lambda: files_under(sgl_dir, ".bin")))
+
+    # hicache-file, both schemes, through v1.
+    def hicache(name: str, store: Any, suffix: str, where: Callable[[], str]) -> Contender:
+        store.register_mem_pool_host(pool)
+
+        def do_set(keys: list[str]) -> None:
+            assert all(store.batch_set_v1(keys, src))
+
+        def do_get(keys: list[str]) -> None:
+            assert all(store.batch_get_v1(keys, dst))
+
+        def do_exists(keys: list[str]) -> None:
+            assert store.batch_exists(keys) == len(keys)
+
+        return Contender(name, do_set, do_get, do_exists, lambda: files_under(where(), suffix))
+
+    pagefile = FileStore(HiCacheStorageConfig(model_name=model, extra_config={"path": os.path.join(root, "pagefile")}))
+    contenders.append(hicache("pagefile v1", pagefile, ".hcp", lambda: pagefile.namespace_dir))
+    segment = SegmentStore(HiCacheStorageConfig(model_name=model, extra_config={"path": os.path.join(root, "segment")}))
+    contenders.append(hicache("segment v1", segment, ".seg", lambda: os.path.join(root, "segment")))
+
+    # Raw: one file per page.
+    raw_dir = os.path.join(root, "raw-pages")
+    os.makedirs(raw_dir)
+    flags_new = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+    def raw_set(keys: list[str]) -> None:
+        for key, bufs in zip(keys, src_views):
+            fd = os.open(f"{raw_dir}/{key}.bin", flags_new, 0o644)
+            os.pwritev(fd, bufs, 0)
+            os.close(fd)
+
+    def raw_get(keys: list[str]) -> None:
+        for key, bufs in zip(keys, dst_views):
+            fd = os.open(f"{raw_dir}/{key}.bin", os.O_RDONLY)
+            os.preadv(fd, bufs, 0)
+            os.close(fd)
+
+    def raw_exists(keys: list[str]) -> None:
+        for key in keys:
+            os.stat(f"{raw_dir}/{key}.bin")
+
+    contenders.append(Contender("raw per-page files", raw_set, raw_get, raw_exists, lambda: files_under(raw_dir, ".bin")))
+
+    # Raw: one preallocated file, the same bytes.
+    one_path = os.path.join(root, "one-file.bin")
+    one_fd = os.open(one_path, os.O_RDWR | os.O_CREAT, 0o644)
+    total = PAGES * pool.page_bytes
+    os.posix_fallocate(one_fd, 0, total)
+    src_flat = [v for page in src_views for v in page]
+    dst_flat = [v for page in dst_views for v in page]
+    pwritev_all(one_fd, src_flat, 0)
+
+    def one_set(keys: list[str]) -> None:
+        assert pwritev_all(one_fd, src_flat, 0) == total
+
+    def one_get(keys: list[str]) -> None:
+        assert preadv_all(one_fd, dst_flat, 0) == total
+
+    contenders.append(Contender("raw one file", one_set, one_get, None, lambda: [one_path]))
+    return contenders, pool, (src_pages, dst_pages), [sgl_store, pagefile, segment, one_fd]
+
+
+def run_size(label: str, root: str, rounds: int, sgl: tuple[Any, Any], as_root: bool) -> dict[str, dict[str, float]]:
+    contenders, pool, (src_pages, dst_pages), handles = build(label, root, sgl)
+    nbytes = PAGES * pool.page_bytes
+    for c in contenders:
+        c.times = {op: [] for op in OPS}
+    for r in range(rounds):
+        keys = [f"{r:08x}{i:056x}"[::-1] for i in range(PAGES)]
+        order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+        for c in order:
+            t0 = time.perf_counter()
+            c.set(keys)
+            c.times["set"].append(time.perf_counter() - t0)
+            for p in dst_pages:  # a read must bring the bytes back, not find them there
+                pool.write_page(p, torch.zeros(pool.page_bytes, dtype=torch.uint8).view(pool.dtype))
+            t0 = time.perf_counter()
+            c.get(keys)
+            c.times["get warm"].append(time.perf_counter() - t0)
+            if r == 0:
+                for s, d in zip(src_pages, dst_pages):
+                    assert torch.equal(pool.read_page(s).view(torch.uint8), pool.read_page(d).view(torch.uint8)), f"{c.name} read back other bytes"
+            drop_cache(c.files(), as_root)
+            t0 = time.perf_counter()
+            c.get(keys)
+            c.times["get cold"].append(time.perf_counter() - t0)
+            if c.exists is not None:
+                t0 = time.perf_counter()
+                c.exists(keys)
+                c.times["exists"].append(time.perf_counter() - t0)
+    _, pagefile, segment, one_fd = handles
+    pagefile.close()
+    segment.close()
+    os.close(one_fd)
+    out: dict[str, dict[str, float]] = {}
+    for c in contenders:
+        row: dict[str, float] = {}
+        for op in OPS:
+            if c.times[op]:
+                med = statistics.median(c.times[op])
+                row[op] = med * 1e3 if op == "exists" else nbytes / med / GiB
+        out[c.name] = row
+    return out
+
+
+def index_bytes_per_page(n: int = 100_000) -> tuple[float, float]:
+    """Bytes of index memory per stored page: the segment index, and the page-file LRU index."""
+    from hicache_file.lru import PageIndex
+    from hicache_file.segment.format import key_hash
+
+    keys = [key_hash(f"{i:064x}@hc1.model.mha-bf16-l32h8d128-p64-clthd.tp0of1") for i in range(n)]
+    names = [f"{i:064x}"[:2] + f"/{i:064x}_model_0_1.hcp" for i in range(n)]
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    index = SegmentIndex()
+    seg = index.segment(1, 0.0)
+    assert seg is not None
+    for i, key in enumerate(keys):
+        index.put(key, seg, i * 65600, 65536, 0.0, checked=False)
+    seg_bytes = (tracemalloc.get_traced_memory()[0] - base) / n
+    tracemalloc.stop()
+    names_copy = list(names)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    lru = PageIndex()
+    for name in names_copy:
+        lru.put(name, 65568)
+    lru_bytes = (tracemalloc.get_traced_memory()[0] - base) / n
+    tracemalloc.stop()
+    # The key strings themselves live in the page-file index too (they were built above).
+    lru_bytes += sum(sys.getsizeof(s) for s in names[:1000]) / 1000
+    del index, lru
+    return seg_bytes, lru_bytes
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "" if x is None else f"{x:.2f}x"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per page size (median shown)")
+    ap.add_argument("--dir", default=None, help="directory on the disk to test (default: a temp dir in /tmp)")
+    ap.add_argument("--drop-caches", action="store_true",
+                    help="cold reads after 'echo 1 > /proc/sys/vm/drop_caches' (root) instead of per-file fadvise")
+    ap.add_argument("--sizes", default=",".join(SHAPES), help="page sizes to run, comma-separated")
+    args = ap.parse_args()
+    console = Console()
+    started = time.perf_counter()
+    HiCacheFile, SGLConfig, note = import_sglang_file_backend()
+    console.print(f"[dim]{note}; cold reads: {'drop_caches' if args.drop_caches else 'fdatasync + posix_fadvise(DONTNEED) per file'}[/]")
+    root = tempfile.mkdtemp(prefix="hicache-bench-seg-", dir=args.dir)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        for label in args.sizes.split(","):
+            label = label.strip()
+            sub = os.path.join(root, label.replace(" ", ""))
+            os.makedirs(sub)
+            with console.status(f"{label} pages, {args.rounds} rounds"):
+                results[label] = run_size(label, sub, args.rounds, (HiCacheFile, SGLConfig), args.drop_caches)
+            shutil.rmtree(sub, ignore_errors=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    names = ["SGLang HiCacheFile", "pagefile v1", "segment v1", "raw per-page files", "raw one file"]
+    table = Table(title=f"hicache-file segment scheme, {PAGES}-page batches (GiB/s; exists: ms for {PAGES} keys; medians of {args.rounds} rounds)")
+    table.add_column("page")
+    table.add_column("op")
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_column("segment vs SGLang", justify="right")
+    table.add_column("segment % of one file", justify="right")
+    for label, res in results.items():
+        for op in OPS:
+            cells = [f"{res[n][op]:.3f}" if op in res[n] else "-" for n in names]
+            seg, sgl, one = res["segment v1"].get(op), res["SGLang HiCacheFile"].get(op), res["raw one file"].get(op)
+            if op == "exists":
+                vs = fmt_ratio(sgl / seg if seg and sgl else None)
+                limit = ""
+            else:
+                vs = fmt_ratio(seg / sgl if seg and sgl else None)
+                limit = f"{100 * seg / one:.0f} %" if seg and one else ""
+            table.add_row(label, op, *cells, vs, limit)
+        table.add_section()
+    console.print(table)
+
+    seg_mem, lru_mem = index_bytes_per_page()
+    console.print(f"index memory per stored page: segment {seg_mem:.0f} B; pagefile LRU index {lru_mem:.0f} B "
+                  "(tracemalloc, 100,000 pages)")
+    if "64 KiB" in results:
+        r = results["64 KiB"]
+        s, g = r["segment v1"], r["SGLang HiCacheFile"]
+        console.print(
+            f"targets at 64 KiB: get >= 3x SGLang: {s['get warm'] / g['get warm']:.2f}x warm, "
+            f"{s['get cold'] / g['get cold']:.2f}x cold; exists >= 4x: {g['exists'] / s['exists']:.2f}x; "
+            f"set >= 1.5x: {s['set'] / g['set']:.2f}x"
+        )
+    if "1 MiB" in results:
+        r = results["1 MiB"]
+        s, o = r["segment v1"], r["raw one file"]
+        console.print(
+            f"targets at 1 MiB: get and set >= 90 % of one file: get {100 * s['get warm'] / o['get warm']:.0f} % warm, "
+            f"{100 * s['get cold'] / o['get cold']:.0f} % cold; set {100 * s['set'] / o['set']:.0f} %"
+        )
+    console.print(f"[dim]{time.perf_counter() - started:.0f} s[/]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,147 @@
+"""One batch's reads and writes: which records to move, in which runs, and the checks.
+
+Reads: the index gives each key's record; records of one segment that lie back to back (pages
+written in one batch do) are read by one ``preadv`` per ``chunk_bytes``, then each page's
+header is checked (key, segment, offset, length) and, unless this process already checked it
+(``verify: first``), its checksum. Writes: per chunk, each page's checksum and header, then one
+``pwritev`` of headers and pages.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from hicache_file.segment.format import HEADER_SIZE, check_header, pack_header, page_checksum
+from hicache_file.segment.index import CHECKED, Segment, SegmentIndex
+from hicache_file.segment.pageio import preadv_all, pwritev_all
+
+log = logging.getLogger(__name__)
+
+Pieces = list[memoryview]
+
+
+class ReadItem:
+    """One page to read: where its record is and where its bytes go."""
+
+    __slots__ = ("checked", "i", "key", "length", "offset", "pieces", "seg")
+
+    def __init__(self, i: int, key: int, seg: Segment, length: int, offset: int, checked: bool, pieces: Pieces) -> None:
+        self.i = i
+        self.key = key
+        self.seg = seg
+        self.length = length
+        self.offset = offset
+        self.checked = checked
+        self.pieces = pieces
+
+
+def plan_reads(
+    index: SegmentIndex, hashes: list[int], dests: list[Pieces | None], want: int | None,
+) -> tuple[list[ReadItem], int, int]:
+    """``(items in file order, misses, wrong sizes)`` for one batch (namespace lock held).
+
+    ``want``: the length every page must have (a host pool's page), or None to take each
+    destination's size as the length it must have.
+    """
+    entries, by_slot = index.entries, index.by_slot
+    items: list[ReadItem] = []
+    misses = wrong = 0
+    for i, key in enumerate(hashes):
+        loc = entries.get(key)
+        pieces = dests[i]
+        seg = by_slot.get(loc >> 96) if loc is not None else None
+        if seg is None or pieces is None or loc is None:
+            misses += 1
+            continue
+        length = (loc >> 48) & 0xFFFF_FFFF_FFFF
+        need = want if want is not None else sum(len(p) for p in pieces)
+        if length != need:
+            wrong += 1
+            continue
+        items.append(ReadItem(i, key, seg, length, loc & (CHECKED - 1), bool(loc & CHECKED), pieces))
+    if len(items) > 1:
+        items.sort(key=lambda it: (it.seg.slot, it.offset))
+    return items, misses, wrong
+
+
+def read_chunks(items: list[ReadItem], chunk_bytes: int) -> list[list[ReadItem]]:
+    """Runs of back-to-back records of one segment, each at most ``chunk_bytes`` (one record at least)."""
+    chunks: list[list[ReadItem]] = []
+    cur: list[ReadItem] = []
+    size = 0
+    end = -1
+    seg: Segment | None = None
+    for it in items:
+        rec = HEADER_SIZE + it.length
+        if cur and (it.seg is not seg or it.offset != end or size + rec > chunk_bytes):
+            chunks.append(cur)
+            cur, size = [], 0
+        cur.append(it)
+        seg, size, end = it.seg, size + rec, it.offset + rec
+    if cur:
+        chunks.append(cur)
+    return chunks
+
+
+def read_chunk(chunk: list[ReadItem], verify_all: bool) -> list[ReadItem]:
+    """One ``preadv`` of a run of records, then each page's checks; returns the bad items
+    (the others now hold their pages). The segment's descriptor is held by the caller."""
+    n = len(chunk)
+    headers = bytearray(HEADER_SIZE * n)
+    hview = memoryview(headers)
+    bufs: list[Any] = []
+    total = 0
+    for j, it in enumerate(chunk):
+        bufs.append(hview[j * HEADER_SIZE : (j + 1) * HEADER_SIZE])
+        bufs.extend(it.pieces)
+        total += HEADER_SIZE + it.length
+    seg = chunk[0].seg
+    start = chunk[0].offset
+    try:
+        got = preadv_all(seg.fd, bufs, start, total)
+    except OSError as exc:
+        log.warning("file backend (segment): cannot read %s: %s", seg.name, exc)
+        return list(chunk)
+    bad: list[ReadItem] = []
+    for j, it in enumerate(chunk):
+        if it.offset - start + HEADER_SIZE + it.length > got:
+            why: int | str = "record is cut short"
+        else:
+            why = check_header(hview[j * HEADER_SIZE : (j + 1) * HEADER_SIZE], it.length, it.key, seg.id, it.offset)
+            if isinstance(why, int) and (verify_all or not it.checked) and page_checksum(it.pieces) != why:
+                why = "checksum mismatch"
+        if isinstance(why, str):
+            log.warning("file backend (segment): page at %s+%d is not served: %s", seg.name, it.offset, why)
+            bad.append(it)
+    return bad
+
+
+WriteItem = tuple[int, int, Pieces]  # (result index, key hash, source pieces)
+
+
+def write_chunk(
+    seg: Segment, offset: int, items: list[WriteItem], length: int, mid_write: Callable[[], None] | None = None,
+) -> bool:
+    """Write records for ``items`` back to back at ``offset`` with one ``pwritev``; True when all landed.
+
+    ``mid_write`` (a test hook) is called after the first half of the buffers was written.
+    """
+    bufs: list[Any] = []
+    record = HEADER_SIZE + length
+    for k, (_, key, pieces) in enumerate(items):
+        bufs.append(pack_header(length, key, page_checksum(pieces), seg.id, offset + k * record))
+        bufs.extend(pieces)
+    total = len(items) * record
+    try:
+        if mid_write is not None:
+            half = max(1, len(bufs) // 2)
+            first = sum(len(b) for b in bufs[:half])
+            done = pwritev_all(seg.fd, bufs[:half], offset, first)
+            mid_write()
+            return done == first and pwritev_all(seg.fd, bufs[half:], offset + done, total - first) == total - first
+        return pwritev_all(seg.fd, bufs, offset, total) == total
+    except OSError as exc:
+        log.warning("file backend (segment): cannot write %s: %s", seg.name, exc)
+        return False

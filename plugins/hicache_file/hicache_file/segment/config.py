@@ -1,0 +1,118 @@
+"""Settings of the segment scheme, read from extra-config (and the file backend's env vars).
+
+Shared keys mean what they mean for the page-file scheme (``path``/``file_storage_path``,
+``max_bytes``, ``max_pages``, ``fsync``, ``io_threads``); the rest tune the segment layout.
+Keys this module does not know (``scheme``, the page-file scheme's own) are ignored.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hicache_core.config_values import parse_bool, parse_size
+from hicache_core.spec.errors import BackendConfigError
+
+DEFAULT_PATH = "/tmp/hicache"
+PATH_ENV = "HICACHE_FILE_PATH"
+SGLANG_PATH_ENV = "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR"
+#: A new segment is started once the active one holds this many bytes.
+DEFAULT_SEGMENT_BYTES = 64 << 20
+#: Pages of one read or write system call (fewer for big pages: see ``chunk_bytes``).
+DEFAULT_CHUNK_BYTES = 1 << 20
+VERIFY_MODES = ("always", "first")
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """Everything the segment store needs besides the engine's ``HiCacheStorageConfig``."""
+
+    path: str = DEFAULT_PATH
+    max_bytes: int | None = None
+    max_pages: int | None = None
+    fsync: bool = False
+    io_threads: int = 1
+    #: Target size of one segment file; under a size bound it is at most 1/16 of the bound.
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    #: Bytes moved per ``preadv``/``pwritev``: small enough that a page's checksum runs on bytes
+    #: still in the CPU cache right after the copy, big enough to keep system calls few.
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    #: ``always``: every read checks the page's checksum; ``first``: the first read of a page by
+    #: this process does (and pages this process wrote count as checked).
+    verify: str = "always"
+    #: Segment files kept open per namespace (idle ones beyond are closed).
+    max_open_segments: int = 256
+    #: Reserve a new segment's blocks up front (``posix_fallocate``): appends then skip the
+    #: file system's block allocation (about 30 % faster writes on ext4 here).
+    preallocate: bool = True
+
+    @classmethod
+    def from_extra(cls, extra: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SegmentSettings:
+        """Read the settings; a bad value raises ``BackendConfigError`` naming the key.
+
+        The directory comes from, in order: ``path``, ``file_storage_path`` (SGLang's key),
+        env ``HICACHE_FILE_PATH``, env ``SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR``, then
+        ``/tmp/hicache``; the segments live under ``<path>/segments/``.
+        """
+        env = os.environ if environ is None else environ
+        path = (
+            extra.get("path") or extra.get("file_storage_path") or env.get(PATH_ENV)
+            or env.get(SGLANG_PATH_ENV) or DEFAULT_PATH
+        )
+        if not isinstance(path, (str, os.PathLike)):
+            raise BackendConfigError(f"file backend (segment): 'path' must be a directory path, got {path!r}")
+        verify = str(extra.get("verify") or "always").lower()
+        if verify not in VERIFY_MODES:
+            raise BackendConfigError(
+                f"file backend (segment): 'verify' must be one of {', '.join(VERIFY_MODES)}, got {verify!r}"
+            )
+        return cls(
+            path=os.path.abspath(os.fspath(path)),
+            max_bytes=_size(extra, "max_bytes", None),
+            max_pages=_int(extra, "max_pages", None, minimum=1),
+            fsync=_bool(extra, "fsync", False),
+            io_threads=min(_int(extra, "io_threads", 1, minimum=1) or 1, 64),
+            segment_bytes=_size(extra, "segment_bytes", DEFAULT_SEGMENT_BYTES) or DEFAULT_SEGMENT_BYTES,
+            chunk_bytes=_size(extra, "chunk_bytes", DEFAULT_CHUNK_BYTES) or DEFAULT_CHUNK_BYTES,
+            verify=verify,
+            max_open_segments=_int(extra, "max_open_segments", 256, minimum=4) or 256,
+            preallocate=_bool(extra, "preallocate", True),
+        )
+
+
+def _bool(extra: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = extra.get(key)
+    if value is None:
+        return default
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise BackendConfigError(f"file backend (segment): '{key}' must be true or false, got {value!r}") from None
+
+
+def _int(extra: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int | None:
+    value = extra.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise BackendConfigError(f"file backend (segment): '{key}' must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise BackendConfigError(f"file backend (segment): '{key}' must be at least {minimum}, got {number}")
+    return number
+
+
+def _size(extra: Mapping[str, Any], key: str, default: int | None) -> int | None:
+    value = extra.get(key)
+    if value is None or value == "":
+        return default
+    try:
+        size = parse_size(value)
+    except ValueError as exc:
+        raise BackendConfigError(f"file backend (segment): '{key}': {exc}") from None
+    if size <= 0:
+        raise BackendConfigError(f"file backend (segment): '{key}' must be positive, got {value!r}")
+    return size
