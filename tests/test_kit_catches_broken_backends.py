@@ -90,3 +90,25 @@ def test_hicache_check_names_the_broken_property(tmp_path: Path) -> None:
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-2000:]
     assert "does not conform" in result.stdout
     assert "namespace isolation: a page written for attention-cp rank 0 (of 2) was served to attention-cp" in result.stdout
+
+
+@pytest.mark.parametrize("cls", ["DirStore", "TornOnKill"])
+def test_kill_9_with_a_spawned_writer(cls: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer as a fresh interpreter (``kill9_writer = 'spawn'``), created by name through
+    ``dynamic``: the correct store passes, the in-place writer is caught with a torn page."""
+    import os
+
+    tests_dir = str(Path(__file__).parent)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.delenv("HICACHE_DYNAMIC_ALLOWLIST", raising=False)
+    monkeypatch.setenv("GALLERY_SLOW_WRITES", "1")  # TornOnKill pauses mid-page; this process only reads
+    module = "broken_backends.reference" if cls == "DirStore" else "broken_backends.defects"
+    extra = {"backend_name": cls.lower(), "module_path": module, "class_name": cls, "root": str(tmp_path / "pages")}
+    target = KitTarget.installed("dynamic", extra)
+    target.kill9_writer = "spawn"
+    report = run_kit(target, keyword="kill_9")
+    (outcome,) = report.outcomes
+    if cls == "DirStore":
+        assert outcome.outcome == "passed", outcome
+    else:
+        assert outcome.outcome == "failed" and "(a torn or wrong page)" in outcome.detail, outcome

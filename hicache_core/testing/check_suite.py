@@ -48,6 +48,12 @@ class TestConformance(StorageConformanceTests):
         extra = parse_config(request.config.getoption("--hicache-config", default=None))
         return KitTarget.installed(str(name), extra)
 
+    @pytest.fixture(autouse=True)
+    def _writer_from_target(self, kit_target: KitTarget) -> None:
+        # Per test instance: how the kill -9 check starts its writer, and the name it spawns.
+        self.backend_name = kit_target.backend_name
+        self.kill9_writer = kit_target.kill9_writer  # type: ignore[misc]
+
     @pytest.fixture
     def storage_config(self, kit_target: KitTarget) -> HiCacheStorageConfig:
         return kit_target.storage_config

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Any, ClassVar
 
 import pytest
 
@@ -19,7 +20,7 @@ from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.testing.kit_base import Connect, Connected, Keys, KitBase, OpenBackend
 from hicache_core.testing.pages import fill_random_pages, random_page, read_page_bytes, tensor_bytes
 from hicache_core.testing.verdicts import describe_mismatch, violated
-from hicache_core.testing.writer_child import WritePlan, batch_keys, start_writer
+from hicache_core.testing.writer_child import WritePlan, batch_keys, spawn_writer, start_writer
 
 KILL_SEED = 900
 #: How long after the writer's first batch is stored it is killed (it keeps writing until then).
@@ -27,6 +28,11 @@ KILL_DELAY_S = 0.1
 
 
 class DurabilityChecks(KitBase):
+    #: How the kill -9 writer starts: ``fork`` (default; the child opens the backend with the
+    #: test's own ``open_backend``) or ``spawn`` (a fresh interpreter that calls
+    #: ``create_backend(backend_name, config)``; for libraries that do not survive a fork).
+    kill9_writer: ClassVar[str] = "fork"
+
     def test_persistent_across_reopen(self, backend_and_pool: Connected, connect: Connect, keys: Keys) -> None:
         backend, pool = backend_and_pool
         if not backend.capabilities.persistent:
@@ -44,7 +50,7 @@ class DurabilityChecks(KitBase):
 
     def test_persistent_after_kill_9(
         self, backend_and_pool: Connected, connect: Connect, keys: Keys, open_backend: OpenBackend,
-        storage_config: HiCacheStorageConfig, make_pool: Callable[..., HostKVPool],
+        storage_config: HiCacheStorageConfig, make_pool: Callable[..., HostKVPool], pool_shape: dict[str, Any],
     ) -> None:
         backend, _ = backend_and_pool
         if not backend.capabilities.persistent:
@@ -55,7 +61,12 @@ class DurabilityChecks(KitBase):
         plan = WritePlan(prefix=keys(1)[0][:20], seed=KILL_SEED)
         config = replace(storage_config, is_mla_model=False, is_page_first_layout=True)
         config.extra_config = dict(storage_config.extra_config or {})
-        child = start_writer(open_backend, config, lambda: make_pool("page_first", False), plan)
+        if self.kill9_writer == "spawn":
+            if not self.backend_name:
+                pytest.fail("kill9_writer = 'spawn' needs backend_name (the spawned writer calls create_backend)")
+            child = spawn_writer(self.backend_name, config, pool_shape, "page_first", plan)
+        else:
+            child = start_writer(open_backend, config, lambda: make_pool("page_first", False), plan)
         first = child.wait_for(lambda r: r.get("event") == "done", timeout=120)
         if first is None or first.get("event") != "done":
             child.kill9()

@@ -36,6 +36,10 @@ class KitTarget:
     )
     #: Overrides of the kit's ``pool_shape`` (``page_size``, ``layer_num``, ...), if any.
     pool_shape: dict[str, Any] | None = None
+    #: The installed backend name, for a writer that is spawned (``create_backend(name)``).
+    backend_name: str | None = None
+    #: How the kill -9 check starts its writer: ``fork`` or ``spawn`` (needs ``backend_name``).
+    kill9_writer: str = "fork"
 
     @classmethod
     def installed(cls, name: str, extra_config: dict[str, Any] | None = None) -> KitTarget:
@@ -46,7 +50,7 @@ class KitTarget:
             return create_backend(name, config)
 
         config = HiCacheStorageConfig(model_name=CHECK_MODEL_NAME, extra_config=dict(extra_config or {}))
-        return cls(name, _open, config)
+        return cls(name, _open, config, backend_name=name)
 
 
 TARGET_KEY = pytest.StashKey[KitTarget]()

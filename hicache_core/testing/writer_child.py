@@ -7,14 +7,21 @@ pool, writes batch after batch of pages with ``batch_set_v1`` (batch ``b``'s key
 JSON lines (``started``, then ``done`` with the per-page results). It keeps writing until
 ``max_batches``, then waits; it never calls ``close()``. The parent reads the reports with
 ``WriterChild.wait_for`` and SIGKILLs it, most likely in the middle of a batch.
+
+``spawn_writer`` does the same in a fresh interpreter (``python -m
+hicache_core.testing.writer_child SPEC``), creating an installed backend by name, for backends
+whose libraries do not survive a fork.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import select
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +50,8 @@ class WriterChild:
 
     pid: int
     fd: int
+    #: Set when the child is a spawned interpreter (``spawn_writer``), None when forked.
+    proc: subprocess.Popen[bytes] | None = None
     reports: list[dict[str, Any]] = field(default_factory=list)
     _buf: bytes = b""
 
@@ -75,10 +84,15 @@ class WriterChild:
             os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        _, status = os.waitpid(self.pid, 0)
+        if self.proc is not None:
+            code = self.proc.wait()
+            signal_no = -code if code < 0 else 0
+        else:
+            _, status = os.waitpid(self.pid, 0)
+            signal_no = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
         self.wait_for(lambda _: False, timeout=5)  # what it reported before it died
         os.close(self.fd)
-        return os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        return signal_no
 
     def started(self) -> int:
         """How many batches the child started (reported ``started``)."""
@@ -120,6 +134,48 @@ def start_writer(
     return WriterChild(pid, read_fd)
 
 
+def spawn_writer(
+    backend_name: str, config: HiCacheStorageConfig, pool_shape: dict[str, Any], layout: str, plan: WritePlan
+) -> WriterChild:
+    """Start ``python -m hicache_core.testing.writer_child`` writing through ``create_backend(backend_name)``."""
+    read_fd, write_fd = os.pipe()
+    shape = {k: (str(v).removeprefix("torch.") if isinstance(v, torch.dtype) else v) for k, v in pool_shape.items()}
+    spec = {
+        "backend": backend_name, "config": dataclasses.asdict(config), "pool": shape, "layout": layout,
+        "plan": dataclasses.asdict(plan), "fd": write_fd,
+    }
+    proc = subprocess.Popen([sys.executable, "-m", "hicache_core.testing.writer_child", json.dumps(spec)],
+                            pass_fds=(write_fd,))
+    os.close(write_fd)
+    return WriterChild(proc.pid, read_fd, proc=proc)
+
+
+def _spawned_main(spec_text: str) -> None:
+    """The spawned writer: build backend and pool from the JSON spec, then write."""
+    from hicache_core.memory.host_pool import HostKVPool
+    from hicache_core.plugins.factory import create_backend
+
+    spec = json.loads(spec_text)
+    fd = int(spec["fd"])
+    try:
+        shape = dict(spec["pool"])
+        shape["dtype"] = getattr(torch, shape["dtype"])
+
+        def make_pool() -> HostKVPool:
+            return HostKVPool(
+                size=shape["pages"] * shape["page_size"], page_size=shape["page_size"], layer_num=shape["layer_num"],
+                head_num=shape["head_num"], head_dim=shape["head_dim"], dtype=shape["dtype"], layout=spec["layout"],
+            )
+
+        def open_backend(config: HiCacheStorageConfig) -> HiCacheStorage:
+            return create_backend(spec["backend"], config)
+
+        _write(open_backend, HiCacheStorageConfig(**spec["config"]), make_pool, WritePlan(**spec["plan"]), fd)
+    except BaseException as exc:
+        _send(fd, {"event": "error", "error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
 def _send(fd: int, report: dict[str, Any]) -> None:
     os.write(fd, (json.dumps(report) + "\n").encode())
 
@@ -145,3 +201,7 @@ def _write(
     _send(fd, {"event": "finished"})
     while True:  # wait for SIGKILL; close() is never called
         time.sleep(1)
+
+
+if __name__ == "__main__":
+    _spawned_main(sys.argv[1])

@@ -174,9 +174,10 @@ class PieceOrderOnV1(MemoryStore):
 
 
 class TornOnKill(DirStore):
-    """Writes each page in place (no temporary file and rename). In a forked writer process it
-    writes the first half, pauses, then the rest, so a kill -9 lands mid-page and leaves a
-    page file of the right size with a stale tail, which a fresh instance serves."""
+    """Writes each page in place (no temporary file and rename). In a forked writer process (or
+    with GALLERY_SLOW_WRITES set) it writes the first half, pauses, then the rest, so a kill -9
+    lands mid-page and leaves a page file of the right size with a stale tail, which a fresh
+    instance serves."""
 
     def _store(self, name: str, data: bytes) -> bool:
         path = self._path(name)
@@ -185,7 +186,7 @@ class TornOnKill(DirStore):
             os.ftruncate(fd, len(data))
             half = len(data) // 2
             os.pwrite(fd, data[:half], 0)
-            if os.getpid() != _CREATOR_PID:
+            if os.getpid() != _CREATOR_PID or os.environ.get("GALLERY_SLOW_WRITES"):
                 time.sleep(0.5)
             os.pwrite(fd, data[half:], half)
         finally:
