@@ -30,6 +30,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from hicache_file.pagedir import page_rel
+from hicache_file.pageformat import HEADER_SIZE
+from hicache_file.poolpages import PoolPages
 from hicache_file.store import FileStore
 from rich.console import Console
 from rich.progress import Progress
@@ -103,14 +106,15 @@ def bench_size(label: str, root: str, pages: int, repeat: int, threads: int, pro
 
     one, many = store(1), store(threads)
     assert one.batch_set_v1(keys, src) == [True] * pages
-    paths = [f"{one.namespace_dir}/{one._rel(k)[0]}" for k in keys]
-    header_len = 32
+    paths = [f"{one.namespace_dir}/{page_rel(k)}" for k in keys]
+    header_len = HEADER_SIZE
     headers = []
     for p in paths:
         with open(p, "rb") as f:
             headers.append(bytearray(f.read(header_len)))
-    src_views = [one._views.views(p) for p in pool.indices_to_pages(src)]  # type: ignore[union-attr]
-    dst_views = [one._views.views(p) for p in pool.indices_to_pages(dst)]  # type: ignore[union-attr]
+    views = PoolPages(pool)
+    src_views = [views.views(p) for p in pool.indices_to_pages(src)]
+    dst_views = [views.views(p) for p in pool.indices_to_pages(dst)]
 
     def raw_overwrite() -> None:
         for path, hdr, views in zip(paths, headers, src_views):

@@ -1,3 +1,3 @@
-"""hicache-file: the embedded default L3 backend, one checksummed file per page."""
+"""hicache-file: the embedded default L3 backend on local files (schemes: see ``hicache_file.store``)."""
 
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ from hicache_core.plugins import BackendSpec, ConfigOption, hookimpl
 from hicache_core.spec.capabilities import Capabilities
 
 CAPABILITIES = Capabilities(
-    zero_copy_v1=True, delete=True, clear=True, persistent=True, shared=False, mla=True
+    zero_copy_v1=True, delete=True, clear=True, persistent=True, shared=False, mla=True, sidecar_pools=True
 )
 
 CONFIG_OPTIONS = (
@@ -18,6 +18,18 @@ CONFIG_OPTIONS = (
         "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR); default /tmp/hicache",
         env="HICACHE_FILE_PATH",
     ),
+    ConfigOption(
+        "scheme", None,
+        "how pages lie on disk: 'pagefile' (default; checksummed files under the pool namespace), "
+        "'sglang' (SGLang HiCacheFile's <key><suffix>.bin raw files, guarded by a format manifest), "
+        "'segment' (pages packed in segment files)",
+    ),
+    ConfigOption(
+        "sglang_layout", None,
+        "scheme sglang: host-pool layout of the SGLang server that wrote an unmarked folder "
+        "(layer_first, page_first, page_first_direct, page_head); with sglang_dtype",
+    ),
+    ConfigOption("sglang_dtype", None, "scheme sglang: KV dtype of that server (bfloat16, float16, ...)"),
     ConfigOption("max_bytes", None, "size bound per namespace in bytes ('64GiB' accepted); LRU eviction"),
     ConfigOption("max_pages", None, "page-count bound per namespace; LRU eviction"),
     ConfigOption("fsync", None, "fsync each page before it becomes visible (survives power loss; slower)"),
