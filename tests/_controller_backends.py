@@ -45,7 +45,7 @@ class DirStore(HiCacheStorage):
 
     capabilities = Capabilities(zero_copy_v1=True, delete=True, clear=True, persistent=True)
     #: What the status endpoints may show (an allow-list; anything else is shown as ***).
-    config_public_fields = ("root", "ctor_delay_s")
+    config_public_fields = ("root", "ctor_delay_s", "full_after", "read_delay_s")
 
     def __init__(self, config: HiCacheStorageConfig) -> None:
         super().__init__(config)
@@ -169,6 +169,67 @@ class FlakyPartialStore(DirStore):
         return out
 
 
+class FullStore(DirStore):
+    """A healthy store that is full: it answers every write with False (after the attach probe,
+    ``extra_config["full_after"]`` writes, default 1). Counts the write calls it gets."""
+
+    def __init__(self, config: HiCacheStorageConfig) -> None:
+        super().__init__(config)
+        self.full_after = int(config.extra().get("full_after", 1))
+        self.set_calls = 0
+        FULL_STORES.append(self)
+
+    def batch_set_v1(
+        self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
+    ) -> list[bool]:
+        self.set_calls += 1
+        if self.set_calls <= self.full_after:
+            return super().batch_set_v1(keys, host_indices, extra_info)
+        return [False] * len(keys)
+
+
+FULL_STORES: list[FullStore] = []
+
+
+class SlowReadStore(DirStore):
+    """Reads take ``extra_config["read_delay_s"]``; records whether ``close`` ran during a call."""
+
+    def __init__(self, config: HiCacheStorageConfig) -> None:
+        super().__init__(config)
+        self.read_delay_s = float(config.extra().get("read_delay_s", 0.0))
+        self.running = 0
+        self.closed_while_running: list[int] = []
+        self.reads_done = 0
+        SLOW_STORES.append(self)
+
+    def batch_exists(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> int:
+        self.running += 1
+        try:
+            time.sleep(self.read_delay_s)
+            return super().batch_exists(keys, extra_info)
+        finally:
+            self.running -= 1
+            self.reads_done += 1
+
+    def close(self) -> None:
+        self.closed_while_running.append(self.running)
+        super().close()
+
+
+SLOW_STORES: list[SlowReadStore] = []
+
+
+class HangingCtorStore(DirStore):
+    """Its constructor blocks until ``HANG`` is set (an unreachable server, no timeout of its own)."""
+
+    def __init__(self, config: HiCacheStorageConfig) -> None:
+        HANG.wait()
+        super().__init__(config)
+
+
+HANG = threading.Event()
+
+
 def make_registry() -> BackendRegistry:
     """A registry with only the test backends (no installed plugins)."""
     reg = BackendRegistry(entry_points_override=[])
@@ -179,6 +240,9 @@ def make_registry() -> BackendRegistry:
     reg.register(BackendSpec(name="pagestore", target=f"{mod}:PageLayoutStore"))
     reg.register(BackendSpec(name="partial", target=f"{mod}:FlakyPartialStore"))
     reg.register(BackendSpec(name="slowstore", target=f"{mod}:SlowCtorStore"))
+    reg.register(BackendSpec(name="fullstore", target=f"{mod}:FullStore"))
+    reg.register(BackendSpec(name="slowread", target=f"{mod}:SlowReadStore"))
+    reg.register(BackendSpec(name="hangctor", target=f"{mod}:HangingCtorStore"))
     return reg
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +41,10 @@ COMMON_KEYS: frozenset[str] = frozenset({
 })
 
 
-def probe_key() -> str:
-    return f"{PROBE_KEY_PREFIX}{secrets.token_hex(8)}"
+def probe_key(rank: int = 0) -> str:
+    """One fixed key per rank: a store without ``delete`` keeps one probe page, not one per attach
+    (each probe writes fresh random bytes, so a stale page from an earlier probe cannot pass)."""
+    return f"{PROBE_KEY_PREFIX}r{rank}"
 
 
 def _is_path_name(name: str) -> bool:
@@ -117,7 +118,7 @@ def check_config_model(backend: str, cls: type | None, extra: dict[str, Any]) ->
     check_paths(backend, extra, names=known, relative_ok=relative_ok)
 
 
-def probe_store(backend: HiCacheStorage, pool: HostKVPool, name: str) -> str | None:
+def probe_store(backend: HiCacheStorage, pool: HostKVPool, name: str, rank: int = 0) -> str | None:
     """Write one page under a probe key, read it back, compare, delete it.
 
     Returns None when the store works, else a sentence saying what failed. Returns None
@@ -133,7 +134,7 @@ def probe_store(backend: HiCacheStorage, pool: HostKVPool, name: str) -> str | N
         view_dtype = pool.read_page(src).dtype
         pool.write_page(src, pattern.view(view_dtype))
         pool.write_page(dst, torch.zeros(pool.page_bytes, dtype=torch.uint8).view(view_dtype))
-        key = probe_key()
+        key = probe_key(rank)
         try:
             wrote = backend.batch_set_v1([key], pool.pages_to_indices([src]))
         except Exception as exc:

@@ -80,14 +80,10 @@ class BreakerMixin:
     _probe_stop: threading.Event | None
     _reattached_at: float
 
-    def _note_error(self, message: str) -> None:
-        raise NotImplementedError
-
-    def _build_session(self, spec: AttachSpec) -> Session:
-        raise NotImplementedError
-
-    def _install(self, session: Session, spec: AttachSpec, reattach: bool = False) -> Session | None:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # provided by StorageController
+        def _note_error(self, message: str) -> None: ...
+        def _build_session(self, spec: AttachSpec) -> Session: ...
+        def _install(self, session: Session, spec: AttachSpec, reattach: bool = False) -> Session | None: ...
 
     # ---------------------------------------------------------------- state
     def _reset_breaker(self) -> None:

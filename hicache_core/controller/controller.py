@@ -559,7 +559,7 @@ class StorageController(BreakerMixin):
         if self.storage_config.is_writer_rank:
             try:
                 problem = self._bounded(
-                    f"probing {name!r} with one page", lambda: probe_store(backend, self.host_pool, name),
+                    f"probing {name!r} with one page", lambda: probe_store(backend, self.host_pool, name, self.rank),
                     lambda _none: None,
                 )
             except Exception as exc:
