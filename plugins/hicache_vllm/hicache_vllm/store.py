@@ -5,7 +5,8 @@ The backend is built by hicache's one factory (``create_backend``), by name exac
 its key namespace is the staging pool's format). A ``fault_injection`` object in the config
 wraps it in hicache's failure-injection wrapper, as the reference node does.
 
-Failures: a backend that cannot be built, raises, or answers wrongly gives no hits, loads
+A backend name that is not installed, or a config the backend refuses, is the operator's to
+fix: the connector raises at start-up, saying what to do. Failures: a backend that cannot start, raises, or answers wrongly gives no hits, loads
 nothing and stores nothing for that call. After ``BREAK_AFTER`` consecutive failed calls the
 store stops calling the backend for ``RETRY_S`` seconds (detached), then tries again, so a
 dead L3 costs each request nothing but a flag check.
@@ -24,7 +25,9 @@ from hicache_core.controller.faults import FaultInjectingStorage, parse_fault_co
 from hicache_core.memory.host_pool import HostKVPool
 from hicache_core.plugins.factory import create_backend
 from hicache_core.spec.config import HiCacheStorageConfig
+from hicache_core.spec.errors import BackendConfigError, BackendNotFoundError, ContractVersionError
 from hicache_core.spec.storage import HiCacheStorage
+from hicache_vllm.settings import ConnectorConfigError
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +55,12 @@ class GuardedStore:
             "lookups": 0, "lookup_hit_pages": 0, "load_pages": 0, "load_failed_pages": 0,
             "save_pages": 0, "save_failed_pages": 0, "errors": 0,
         }
-        self._connect()
+        self._connect(first=True)
 
     # ------------------------------------------------------------------ lifecycle
-    def _connect(self) -> None:
+    def _connect(self, first: bool = False) -> None:
+        """Build the backend. At start-up a name that is not installed or a bad config raises
+        (the operator must fix it); a backend that fails to start leaves L3 detached."""
         extra = self.config.extra()
         try:
             faults = parse_fault_config(extra)
@@ -66,6 +71,10 @@ class GuardedStore:
             self._backend = backend
             self._failures = 0
             log.info("hicache-vllm: backend %r attached, namespace %s", self.backend_name, self.namespace)
+        except (BackendNotFoundError, BackendConfigError, ContractVersionError) as exc:
+            if first:
+                raise ConnectorConfigError(f"HiCacheConnector: {exc}") from exc
+            self._note_failure(f"backend {self.backend_name!r} refused its config: {exc}")
         except Exception as exc:  # a backend that cannot start: run without L3
             self._note_failure(f"backend {self.backend_name!r} failed to start: {type(exc).__name__}: {exc}")
 

@@ -44,11 +44,10 @@ def write_tiny_model(path: str) -> None:
 
 
 def run_phase(spec: dict, phase: dict) -> dict:
+    import hicache_vllm.connector as hc
     from vllm import LLM, SamplingParams
     from vllm.config import KVTransferConfig
     from vllm.inputs import TokensPrompt
-
-    import hicache_vllm.connector as hc
 
     kwargs: dict = {}
     if phase.get("connector") is not None:
