@@ -46,6 +46,12 @@ MODULE_PATH = __name__
 CLASS_NAME = "HiCacheBridge"
 #: SGLang's dynamic-backend keys, which are SGLang's business and never reach the backend.
 SGLANG_DYNAMIC_KEYS: tuple[str, ...] = ("backend_name", "module_path", "class_name", "interface_v1")
+#: SGLang's controller knobs that share the extra config; SGLang 0.5.23 pops them before it
+#: creates a backend, and the bridge drops them too should one still be there.
+SGLANG_CONTROLLER_KEYS: tuple[str, ...] = (
+    "prefetch_threshold", "prefetch_timeout_base", "prefetch_timeout_per_ki_token",
+    "hicache_storage_pass_prefix_keys", "tp_lcm_size",
+)
 
 SGLANG_STORAGE_MODULE = "sglang.srt.mem_cache.hicache_storage"
 
@@ -110,7 +116,7 @@ def bridge_backend_config(storage_config: Any) -> tuple[str, HiCacheStorageConfi
             f"{CLASS_NAME}: {BRIDGE_KEY} 'dynamic' is SGLang's own loader; name an installed hicache "
             "backend (see 'hicache backends'), or load the class with SGLang's dynamic backend directly"
         )
-    for key in SGLANG_DYNAMIC_KEYS:
+    for key in (*SGLANG_DYNAMIC_KEYS, *SGLANG_CONTROLLER_KEYS):
         extra.pop(key, None)
     return name, replace(config, extra_config=extra)
 

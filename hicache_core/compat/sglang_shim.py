@@ -121,7 +121,11 @@ def shim_disabled(environ: dict[str, str] | None = None) -> bool:
 
 
 def real_sglang_available() -> bool:
-    """True when a real ``sglang`` is imported or importable (asked without the shim)."""
+    """True when a real ``sglang`` is imported or importable (asked without the shim).
+
+    Asks the finders in import order, as ``import sglang`` would: the first one that finds it
+    says yes; one that refuses it with ``ModuleNotFoundError`` before any found it says no.
+    """
     loaded = sys.modules.get("sglang")
     if loaded is not None:
         return not is_shim_module(loaded)
@@ -134,6 +138,8 @@ def real_sglang_available() -> bool:
         try:
             if find("sglang", None) is not None:
                 return True
+        except ModuleNotFoundError:
+            return False  # refused before any finder found it: "import sglang" fails too
         except Exception:  # a broken finder is not an sglang
             continue
     return False

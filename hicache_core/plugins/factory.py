@@ -175,7 +175,7 @@ def create_backend(
         try:
             backend = DuckTypedBackend(
                 instance, config, _adapted_v1(cls, name, interface_v1, registry), display, known=known,
-                namespace_keys=sglang_class,
+                namespace_keys=sglang_class or is_sglang_shaped(cls),
             )
         except Exception:
             _close_quietly(instance)  # refused after it was built: it may hold connections
