@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -122,7 +123,7 @@ def test_token_validation_in_the_environment_is_refused(monkeypatch: pytest.Monk
 def test_mla_is_refused(aibrix_config: Callable[..., HiCacheStorageConfig]) -> None:
     config = aibrix_config()
     config.is_mla_model = True
-    with pytest.raises(BackendConfigError, match="MLA"):
+    with pytest.raises(LayoutError, match="MLA"):
         AIBrixStore(config)
     store = AIBrixStore(aibrix_config())
     mla_pool = HostKVPool(size=64, page_size=16, layer_num=2, head_num=1, head_dim=16, is_mla=True)
@@ -147,32 +148,35 @@ def test_pages_are_stored_in_aibrix_block_layout(open_store: OpenStore, block_la
     ntokens, handle = manager.acquire(None, store._hashes(["layout-key"])).get()
     try:
         block = handle.to_tensors()[0]
-        page = pool.get_data_page(int(idx[0]), flat=False)  # (2, P, L, H, D)
+        page = pool.get_data_page(int(idx[0]), flat=False).view(torch.uint8)  # (2, P, L, H, D bytes)
         expected = page.permute(1, 0, 2, 3, 4) if block_layout == "NCLD" else page.permute(2, 0, 1, 3, 4)
         assert ntokens == pool.page_size
-        assert tuple(block.shape) == tuple(expected.shape)
+        assert tuple(block.shape) == tuple(expected.shape)  # AIBrix's block, in bytes
         assert torch.equal(block.view(torch.uint8), expected.contiguous().view(torch.uint8))
     finally:
         handle.release()
 
 
-def test_a_page_written_from_one_layout_reads_back_in_another(open_store: OpenStore) -> None:
+def test_a_page_written_from_another_layout_is_a_miss(open_store: OpenStore) -> None:
+    """Keys carry the pool's page format (its byte order included): a reader of another layout
+    misses, even though the block itself is layout-independent; a miss, never a guess."""
     writer, src = open_store(layout="page_first", l2_backend="ROCKSDB")
     idx = _random_pages(src, 3, seed=3)
     keys = ["x0", "x1", "x2"]
     assert writer.batch_set_v1(keys, idx) == [True] * 3
     writer.close()
-    for layout in ("layer_first", "page_first_direct"):
+    for layout in ("layer_first", "page_first_direct", "page_head"):
         reader, dst = open_store(layout=layout, l2_backend="ROCKSDB")
-        out = dst.alloc(3 * dst.page_size)
-        assert out is not None
-        assert reader.batch_get_v1(keys, out) == [True] * 3
-        for s, d in zip(idx[:: src.page_size].tolist(), out[:: dst.page_size].tolist()):
-            a = src.get_data_page(s, flat=False).transpose(1, 2)  # -> (2, L, P, H, D)
-            b = dst.get_data_page(d, flat=False)
-            b = b[:, 0] if layout == "page_first_direct" else b
-            assert torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+        out = _random_pages(dst, 3, seed=30)
+        before = _page_bytes(dst, out)
+        assert reader.exists_many(keys) == [False] * 3
+        assert reader.batch_get_v1(keys, out) == [False] * 3
+        assert _page_bytes(dst, out) == before
         reader.close()
+    again, pool = open_store(layout="page_first", l2_backend="ROCKSDB")
+    out = pool.alloc(3 * pool.page_size)
+    assert out is not None
+    assert again.batch_get_v1(keys, out) == [True] * 3
 
 
 def test_long_model_names_still_make_valid_file_names(open_store: OpenStore,
@@ -267,10 +271,31 @@ def test_delete_reaches_l2(open_store: OpenStore) -> None:
     assert again.exists("d") is False
 
 
-def test_rocksdb_opened_twice_gives_a_clear_error(open_store: OpenStore) -> None:
-    open_store(l2_backend="ROCKSDB")
-    with pytest.raises(BackendConfigError, match="rocksdb directory"):
-        open_store(l2_backend="ROCKSDB")
+def test_rocksdb_is_shared_in_process_and_another_process_gets_a_clear_error(
+        open_store: OpenStore, aibrix_config: Callable[..., HiCacheStorageConfig]) -> None:
+    """RocksDB admits one opener per directory: backends of one process share one AIBrix
+    manager (a re-attach, a twin), and another process is told what to do."""
+    first, pool = open_store(l2_backend="ROCKSDB", l1_enabled=False)
+    second, _ = open_store(l2_backend="ROCKSDB", l1_enabled=False)
+    assert first._manager is second._manager
+    assert first.batch_set_v1(["shared0"], _random_pages(pool, 1, seed=12)) == [True]
+    assert second.exists("shared0") is True
+    first.close()
+    assert second.exists("shared0") is True  # the last user closes the manager, not the first
+    extra = aibrix_config(l2_backend="ROCKSDB", l1_enabled=False).extra_config
+    script = textwrap.dedent(f"""
+        import json, torch
+        from hicache_aibrix.store import AIBrixStore
+        from hicache_core import BackendConfigError, HiCacheStorageConfig, HostKVPool
+        store = AIBrixStore(HiCacheStorageConfig(model_name="m", extra_config=json.loads({json.dumps(json.dumps(extra))})))
+        pool = HostKVPool(size=32 * 16, page_size=16, layer_num=2, head_num=2, head_dim=8, dtype=torch.bfloat16)
+        try:
+            store.register_mem_pool_host(pool)
+        except BackendConfigError as exc:
+            print("REFUSED", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "REFUSED" in out.stdout and "rocksdb directory" in out.stdout, out.stdout + out.stderr
 
 
 def test_pages_only_in_l2_are_found_through_a_fresh_l1(open_store: OpenStore) -> None:
