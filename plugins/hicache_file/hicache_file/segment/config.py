@@ -39,9 +39,11 @@ class SegmentSettings:
     #: Bytes moved per ``preadv``/``pwritev``: small enough that a page's checksum runs on bytes
     #: still in the CPU cache right after the copy, big enough to keep system calls few.
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    #: ``always``: every read checks the page's checksum; ``first``: the first read of a page by
-    #: this process does (and pages this process wrote count as checked).
-    verify: str = "always"
+    #: ``first``: a page's checksum is checked the first time this process reads it (pages this
+    #: process wrote were checksummed from memory and count as checked); ``always``: on every
+    #: read (about 20-40 % slower reads from the page cache). The record header (key, place,
+    #: length) is checked on every read either way.
+    verify: str = "first"
     #: Segment files kept open per namespace (idle ones beyond are closed).
     max_open_segments: int = 256
     #: Reserve a new segment's blocks up front (``posix_fallocate``): appends then skip the
@@ -63,7 +65,7 @@ class SegmentSettings:
         )
         if not isinstance(path, (str, os.PathLike)):
             raise BackendConfigError(f"file backend (segment): 'path' must be a directory path, got {path!r}")
-        verify = str(extra.get("verify") or "always").lower()
+        verify = str(extra.get("verify") or "first").lower()
         if verify not in VERIFY_MODES:
             raise BackendConfigError(
                 f"file backend (segment): 'verify' must be one of {', '.join(VERIFY_MODES)}, got {verify!r}"

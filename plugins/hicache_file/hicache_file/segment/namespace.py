@@ -78,6 +78,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _linked(seg: Segment) -> bool:
+    """Whether the segment's file still has a name (reclaimed segments are unlinked)."""
+    try:
+        return seg.fd >= 0 and os.fstat(seg.fd).st_nlink > 0
+    except OSError:
+        return False
+
+
 class Namespace:
     """The pages of one namespace, as seen by this process. Thread-safe."""
 
@@ -119,7 +127,7 @@ class Namespace:
             for seg in old.values():
                 # Own segments not journaled yet (writes in flight) stay; a reclaimed one fails
                 # the link check at commit.
-                if seg.id in carried or (seg.owned and not seg.doomed):
+                if seg.id in carried or (seg.owned and not seg.doomed and _linked(seg)):
                     index.adopt(seg)
                 else:
                     self._doom(seg)
@@ -209,7 +217,7 @@ class Namespace:
             self._pid, self.active = os.getpid(), None
         target = self._segment_target(record_bytes)
         seg = self.active
-        if seg is None or seg.doomed or (seg.alloc and seg.alloc + record_bytes > target):
+        if seg is None or seg.doomed or (seg.alloc and seg.alloc + record_bytes > target) or not _linked(seg):
             seg = self._new_segment(target)
         fit = max(1, (target - seg.alloc) // record_bytes)
         n = min(count, fit)
@@ -263,12 +271,7 @@ class Namespace:
                 self._catch_up()
                 alive = {}
                 for seg_key, seg in segs.items():
-                    ok = not seg.doomed
-                    if ok:
-                        try:
-                            ok = os.fstat(seg.fd).st_nlink > 0
-                        except OSError:
-                            ok = False
+                    ok = not seg.doomed and _linked(seg)
                     if not ok and seg is self.active:
                         self.active = None
                     alive[seg_key] = ok
@@ -305,6 +308,7 @@ class Namespace:
             if key in self.index.entries:
                 self.journal.append(journal_record(KIND_DELETE, key=key))
                 self.index.delete(key)
+                self._maybe_compact()
 
     def clear(self) -> None:
         """Drop every page of this namespace, for every process."""

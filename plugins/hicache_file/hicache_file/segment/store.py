@@ -227,8 +227,14 @@ class SegmentStore(HiCacheStorage):
                     first[key] = i
                     todo.setdefault(lengths[i], []).append((i, key, sources[i]))
         for length, group in todo.items():
+            retry: list[WriteItem] = []
             for i, ok in self._write_group(ns, group, length, stats):
                 out[i] = ok
+                if not ok:
+                    retry.append(next(item for item in group if item[0] == i))
+            if retry:  # a segment reclaimed under the write (another process's clear or bound): once more
+                for i, ok in self._write_group(ns, retry, length, stats):
+                    out[i] = ok
         for i, j in same:
             out[i] = out[j]
         self._merge(stats)
