@@ -2,7 +2,9 @@
 
 It uses only hicache's public API (``from hicache_core import ...``): implement ``get``,
 ``set`` and ``exists``, declare ``capabilities``, and the core's generic path serves the
-batch and zero-copy v1 calls. Extra-config key: ``db_path`` (default
+batch and zero-copy v1 calls. Rows are keyed by ``self.page_key(key)``: the page hash in the
+registered pool's namespace (model, page format, shard; key schema ``hc1``), so a page written
+from an incompatible pool is a miss. Extra-config key: ``db_path`` (default
 ``/tmp/hicache-example.sqlite3``; ``:memory:`` for a store that ends with the process).
 """
 
@@ -20,7 +22,7 @@ DEFAULT_DB_PATH = "/tmp/hicache-example.sqlite3"
 
 
 class ExampleStore(HiCacheStorage):
-    """A persistent page store on sqlite3; keys carry the model/rank namespace suffix."""
+    """A persistent page store on sqlite3; rows are keyed in the pool's namespace."""
 
     contract_version = "1.0"
     capabilities = Capabilities(delete=True, clear=True, persistent=True, mla=True)
@@ -28,7 +30,6 @@ class ExampleStore(HiCacheStorage):
     def __init__(self, config: HiCacheStorageConfig | None = None) -> None:
         super().__init__(config)
         self.db_path = str(self.config.extra().get("db_path") or DEFAULT_DB_PATH)
-        self.suffix = self.config.namespace_suffix()
         self._lock = threading.Lock()  # one connection shared by every thread, used in turn
         self._db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -37,7 +38,7 @@ class ExampleStore(HiCacheStorage):
 
     def get(self, key: str, target_location: Any | None = None, target_sizes: Any | None = None) -> torch.Tensor | None:
         with self._lock:
-            row = self._db.execute("SELECT data FROM pages WHERE key = ?", (key + self.suffix,)).fetchone()
+            row = self._db.execute("SELECT data FROM pages WHERE key = ?", (self.page_key(key),)).fetchone()
             if row is None:
                 self._misses += 1
                 return None
@@ -56,25 +57,25 @@ class ExampleStore(HiCacheStorage):
             return False
         data = value.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO pages (key, data) VALUES (?, ?)", (key + self.suffix, data))
+            self._db.execute("INSERT OR REPLACE INTO pages (key, data) VALUES (?, ?)", (self.page_key(key), data))
         return True
 
     def exists(self, key: str) -> bool:
         with self._lock:
-            row = self._db.execute("SELECT 1 FROM pages WHERE key = ?", (key + self.suffix,)).fetchone()
+            row = self._db.execute("SELECT 1 FROM pages WHERE key = ?", (self.page_key(key),)).fetchone()
         return row is not None
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            self._db.execute("DELETE FROM pages WHERE key = ?", (key + self.suffix,))
+            self._db.execute("DELETE FROM pages WHERE key = ?", (self.page_key(key),))
         return True
 
     def clear(self) -> None:
-        """Remove this namespace's pages (other models and ranks in the same file stay)."""
+        """Remove this namespace's pages (other models, ranks and pool formats in the file stay)."""
+        tail = self.page_key("")  # "@{namespace}": every key of this namespace ends with it
         with self._lock:
-            # The suffix is matched literally: escape LIKE's wildcards in it.
-            pattern = "%" + self.suffix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            self._db.execute("DELETE FROM pages WHERE key LIKE ? ESCAPE '\\'", (pattern,))
+            # An exact, case-sensitive match of the tail (LIKE would fold ASCII case).
+            self._db.execute("DELETE FROM pages WHERE substr(key, -?) = ?", (len(tail), tail))
 
     def get_stats(self) -> dict[str, Any]:
         with self._lock:
