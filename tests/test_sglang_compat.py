@@ -344,3 +344,21 @@ def test_sglang_attach_detach_sequence(tmp_path: Path) -> None:
         assert httpx.get(url, headers=_auth()).json()["hicache_storage_backend"] == "file"
         assert httpx.delete(url, headers=_auth(), timeout=60).status_code == 200
     assert (tmp_path / "l3").is_dir(), "the file backend used SGLang's directory variable"
+
+
+def test_bridge_class_without_sglang_is_a_hicache_backend(sglang_hidden: None, tmp_path: Path) -> None:
+    """Without sglang, ``HiCacheBridge`` builds on hicache's own ABC (nothing imports sglang) and
+    loads in hicache's ``dynamic`` like any backend class."""
+    from hicache_core.compat.sglang_bridge import bridge_class
+
+    cls = bridge_class()
+    assert issubclass(cls, HiCacheStorage) and not any(_is_sglang(n) for n in sys.modules)
+    config = HiCacheStorageConfig(model_name="m", extra_config={
+        "backend_name": "hicache", "module_path": "hicache_core.compat.sglang_bridge", "class_name": "HiCacheBridge",
+        "hicache_backend": "file", "path": str(tmp_path / "l3")})
+    pool = HostKVPool(size=32, page_size=4, layer_num=1, head_num=1, head_dim=4)
+    backend = create_backend("dynamic", config, mem_pool_host=pool)
+    assert type(backend) is cls and not sglang_shim.is_installed()
+    idx = pool.alloc(4)
+    assert idx is not None and backend.batch_set_v1(["k0"], idx) == [True]
+    assert backend.batch_get_v1(["k0"], idx) == [True]

@@ -197,3 +197,41 @@ def test_v2_pool_transfers_in_sglang_types(bridge_extra: Callable[..., dict[str,
     dest = pool.alloc(3 * pool.page_size)
     read = backend.batch_get_v2([PoolTransfer(name=PoolName.KV, host_indices=dest, keys=ks)])
     assert read[PoolName.KV] == [True] * 3 and read_pages(pool, dest) == expected
+
+
+def test_pages_written_inside_sglang_are_hits_for_a_hicache_node(tmp_path: Any,
+                                                                  bridge_extra: Callable[..., dict[str, Any]],
+                                                                  opened: list[Any]) -> None:
+    """One L3 for both engines with a hicache backend: pages SGLang backs up through the bridge
+    (from SGLang's pool) are read by hicache's own file backend into hicache's HostKVPool of the
+    same geometry, byte for byte, and the reverse; a pool of another layout order misses them."""
+    from hicache_core import HiCacheStorageConfig, HostKVPool, create_backend
+
+    extra = bridge_extra("file")
+    backend, pool = sglang_create("mha", "page_first", extra, opened)
+    ks = keys_for("shared", 3)
+    idx, expected = fill_pages(pool, 3, seed=31)
+    assert backend.batch_set_v1(ks, idx, SGLangExtraInfo()) == [True] * 3
+
+    def hicache_node_pool(layout: str) -> tuple[Any, Any]:
+        hpool = HostKVPool(size=pool.size, page_size=pool.page_size, layer_num=pool.layer_num,
+                           head_num=pool.head_num, head_dim=pool.head_dim, dtype=pool.dtype, layout=layout,
+                           pin_memory=False)
+        cfg = HiCacheStorageConfig(model_name="sglang-real/model", extra_config={"path": extra["path"]})
+        hb = create_backend("file", cfg, mem_pool_host=hpool)
+        opened.append(hb)
+        return hb, hpool
+
+    node, hpool = hicache_node_pool("page_first")
+    dest = hpool.alloc(3 * hpool.page_size)
+    assert node.batch_get_v1(ks, dest) == [True] * 3
+    assert [hpool.read_page(p).view(torch.uint8).numpy().tobytes() for p in hpool.indices_to_pages(dest)] == expected
+    # the reverse: a page the hicache node stores is a hit inside SGLang
+    (back,) = keys_for("reverse", 1)
+    assert node.batch_set_v1([back], dest[: hpool.page_size]) == [True]
+    sg_dest = pool.alloc(pool.page_size)
+    assert backend.batch_get_v1([back], sg_dest, SGLangExtraInfo()) == [True]
+    assert read_pages(pool, sg_dest) == [expected[0]]
+    # another byte order (page_head) never reads them as its KV
+    other, opool = hicache_node_pool("page_head")
+    assert other.batch_get_v1(ks, opool.alloc(3 * opool.page_size)) == [False] * 3
