@@ -58,6 +58,8 @@ class DurabilityChecks(KitBase):
         if not hasattr(os, "fork"):
             pytest.skip("needs os.fork to run the writer as a child process")
         prop = "persistence after kill -9 of a writer"
+        # The writer may be the store's only process (a RocksDB or metadata lock): close ours.
+        backend.close()
         plan = WritePlan(prefix=keys(1)[0][:20], seed=KILL_SEED)
         config = replace(storage_config, is_mla_model=False, is_page_first_layout=True)
         config.extra_config = dict(storage_config.extra_config or {})
