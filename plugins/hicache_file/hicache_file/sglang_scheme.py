@@ -263,7 +263,7 @@ class SGLangFileStore(FileSchemeBase):
 
     # ------------------------------------------------------------------ existence, removal
     def _exists(self, key: str, expected: int | None, pool: str) -> bool:
-        if expected is not None and self._refusal(pool) is not None:
+        if self._refusal(pool) is not None:  # pages this pool may not read do not exist for it
             return False
         try:
             size = os.stat(os.path.join(self.root, self._name(key))).st_size

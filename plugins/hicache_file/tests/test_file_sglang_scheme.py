@@ -176,3 +176,11 @@ def test_segment_scheme_missing_is_a_clear_refusal(tmp_path: Path, monkeypatch: 
     monkeypatch.setitem(sys.modules, "hicache_file.segment.store", None)  # as if it were not installed
     with pytest.raises(BackendConfigError, match=r"scheme .segment. needs the module hicache_file\.segment"):
         FileStore(HiCacheStorageConfig(extra_config={"scheme": "segment", "path": str(tmp_path)}))
+
+
+def test_a_dead_writers_temporary_file_is_removed_on_open(open_store: Open, folder: Path) -> None:
+    folder.mkdir(parents=True)
+    dead = folder / ".hicache-999999999-0.tmp"  # no process has that id
+    dead.write_bytes(b"half a page")
+    store, _ = open_store()
+    assert not dead.exists() and store.get_stats()["stale_tmp_removed"] == 1
