@@ -54,6 +54,8 @@ class GuardedStore:
         self.counters: dict[str, int] = {
             "lookups": 0, "lookup_hit_pages": 0, "load_pages": 0, "load_failed_pages": 0,
             "save_pages": 0, "save_failed_pages": 0, "errors": 0,
+            # Wall time spent in the backend's calls, microseconds (lookups, loads, saves).
+            "lookup_us": 0, "load_us": 0, "save_us": 0,
         }
         self._connect(first=True)
 
@@ -128,7 +130,9 @@ class GuardedStore:
         if not hashes:
             return 0
         self.counters["lookups"] += 1
+        t0 = time.perf_counter()
         n = self._call("batch_exists", lambda b: b.batch_exists(list(hashes)), 0)
+        self.counters["lookup_us"] += int((time.perf_counter() - t0) * 1e6)
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= len(hashes):
             self._note_failure(f"batch_exists answered {n!r} for {len(hashes)} keys")
             return 0
@@ -142,7 +146,9 @@ class GuardedStore:
         """Read each page into staging page ``pages[i]``; one bool per page (False on failure)."""
         if not hashes:
             return []
+        t0 = time.perf_counter()
         res = self._call("batch_get_v1", lambda b: b.batch_get_v1(list(hashes), self._indices(pages)), None)
+        self.counters["load_us"] += int((time.perf_counter() - t0) * 1e6)
         ok = _per_page(res, len(hashes))
         if res is not None and ok is None:
             self._note_failure(f"batch_get_v1 answered {res!r} for {len(hashes)} pages")
@@ -155,7 +161,9 @@ class GuardedStore:
         """Store staging page ``pages[i]`` under ``hashes[i]``; one bool per page."""
         if not hashes:
             return []
+        t0 = time.perf_counter()
         res = self._call("batch_set_v1", lambda b: b.batch_set_v1(list(hashes), self._indices(pages)), None)
+        self.counters["save_us"] += int((time.perf_counter() - t0) * 1e6)
         ok = _per_page(res, len(hashes)) or [False] * len(hashes)
         self.counters["save_pages"] += sum(ok)
         self.counters["save_failed_pages"] += len(ok) - sum(ok)
