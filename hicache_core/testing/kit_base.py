@@ -139,7 +139,7 @@ class KitBase:
         try:
             backend, pool = connect(layout, is_mla, **kw)
         except LayoutError as exc:
-            pytest.skip(f"backend refuses layout {layout}: {exc}")
+            pytest.skip(f"backend refuses {'an MLA' if is_mla else 'an MHA'} {layout} pool: {exc}")
         if is_mla and not backend.capabilities.mla:
             pytest.skip("backend declares no MLA support (capabilities.mla is False)")
         if backend.capabilities.requires_page_layout and layout == "layer_first":
