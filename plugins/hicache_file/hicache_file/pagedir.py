@@ -22,9 +22,9 @@ from collections.abc import Iterator
 
 from hicache_core.spec.errors import BackendConfigError
 from hicache_file.config import FileStoreSettings
-from hicache_file.fileio import tmp_is_stale, unlink_quietly
+from hicache_file.fileio import OPEN_READ, tmp_is_stale, unlink_quietly
 from hicache_file.lru import PageIndex
-from hicache_file.pageformat import verify_file
+from hicache_file.pageformat import HEADER_SIZE, PREFIX_SIZE, verify_file
 
 PAGE_SUFFIX = ".hcp"
 TMP_PREFIX = ".tmp-"
@@ -139,3 +139,30 @@ class NamespaceDir:
         """A temporary file next to ``rel``'s final name: ``.tmp-<pid>-<n>-<name>``."""
         shard, name = rel.split("/", 1)
         return f"{self.path}/{shard}/{TMP_PREFIX}{tag}-{name}"
+
+    def stored_header(self, rel: str) -> bytes | None:
+        """The header of the page file under ``rel`` when its size fits that header, else None."""
+        try:
+            fd = os.open(self.file(rel), OPEN_READ)
+        except OSError:
+            return None
+        try:
+            header = os.pread(fd, HEADER_SIZE, 0)
+            if len(header) != HEADER_SIZE:
+                return None
+            length = int.from_bytes(header[8:PREFIX_SIZE], "little")
+            return header if os.fstat(fd).st_size == HEADER_SIZE + length else None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    def touch_mtimes(self, rels: list[str]) -> None:
+        """Refresh the files' mtimes when bounded: the LRU order a reopen rebuilds comes from them."""
+        if not self.index.bounded:
+            return
+        for rel in rels:
+            try:
+                os.utime(self.file(rel))
+            except OSError:
+                pass

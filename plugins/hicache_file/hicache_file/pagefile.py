@@ -234,18 +234,7 @@ class PageFileStore(FileSchemeBase):
         with self._lock:
             for rel in rels:
                 folder.index.touch(rel)
-        self._touch_mtimes(folder, rels)
-
-    @staticmethod
-    def _touch_mtimes(folder: NamespaceDir, rels: list[str]) -> None:
-        """Refresh the files' mtimes when bounded: the LRU order a reopen rebuilds comes from them."""
-        if not folder.index.bounded:
-            return
-        for rel in rels:
-            try:
-                os.utime(folder.file(rel))
-            except OSError:
-                pass
+        folder.touch_mtimes(rels)
 
     # ------------------------------------------------------------------ writing
     def _write_pages(self, items: list[Item], pool: str) -> list[bool]:
@@ -301,7 +290,7 @@ class PageFileStore(FileSchemeBase):
                 dirs.add(rel.split("/", 1)[0])
             stats["evictions"] += folder.evict_locked()
             self._stats.update(stats)
-        self._touch_mtimes(folder, unchanged)
+        folder.touch_mtimes(unchanged)
         if self.settings.fsync:
             for shard in dirs:  # the rename itself is durable only once the directory is
                 fsync_dir(f"{folder.path}/{shard}")
@@ -326,7 +315,7 @@ class PageFileStore(FileSchemeBase):
         header = pack_header(self._algorithm, length, checksum(self._algorithm, pieces), key, folder.namespace)
         # Only pages the index knows can be there already (another process's page that the
         # index missed is simply rewritten).
-        if self._algorithm == ALGO_XXH3 and rel in folder.index and self._stored_header(folder, rel) == header:
+        if self._algorithm == ALGO_XXH3 and rel in folder.index and folder.stored_header(rel) == header:
             # Same key, namespace, length and 64-bit payload hash: the bytes are already there.
             # Skipping the rewrite matters: renaming over an existing file makes ext4 start
             # writeback at once (auto_da_alloc), several times the cost of a new page.
@@ -363,24 +352,6 @@ class PageFileStore(FileSchemeBase):
             return None
         os.close(fd)
         return tmp, HEADER_SIZE + length
-
-    @staticmethod
-    def _stored_header(folder: NamespaceDir, rel: str) -> bytes | None:
-        """The header of the page file under ``rel`` when its size fits that header, else None."""
-        try:
-            fd = os.open(folder.file(rel), OPEN_READ)
-        except OSError:
-            return None
-        try:
-            header = os.pread(fd, HEADER_SIZE, 0)
-            if len(header) != HEADER_SIZE:
-                return None
-            length = int.from_bytes(header[_LENGTH_OFFSET:PREFIX_SIZE], "little")
-            return header if os.fstat(fd).st_size == HEADER_SIZE + length else None
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
 
     # ------------------------------------------------------------------ existence, removal
     def _exists(self, key: str, expected: int | None, pool: str) -> bool:

@@ -159,14 +159,15 @@ def test_page_deleted_between_the_same_bytes_check_and_the_commit_is_written(
 ) -> None:
     store, pool = open_store()
     put(store, pool, KEY, seed=12)
-    real = store._stored_header
+    folder = store._dir()
+    real = folder.stored_header
 
-    def racing(folder: Any, rel: str) -> bytes | None:
-        header = real(folder, rel)
+    def racing(rel: str) -> bytes | None:
+        header = real(rel)
         store.delete(KEY)  # as another thread might, right after the check
         return header
 
-    monkeypatch.setattr(store, "_stored_header", racing)
+    monkeypatch.setattr(folder, "stored_header", racing)
     data = put(store, pool, KEY, seed=12)  # the same bytes again
     monkeypatch.undo()
     got = fetch(store, pool, KEY)
