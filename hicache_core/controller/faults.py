@@ -18,7 +18,8 @@ key                 env var                       meaning
 ==================  ============================  ==============================================
 
 A test flips ``fault_switch(name).fail_all`` (or ``wrapper.switch.fail_all``) at run time to
-make the backend fail everything, e.g. to open the controller's circuit breaker.
+make the backend fail everything, e.g. to open the controller's circuit breaker, and
+``refuse_all`` to make it answer every write "not stored" (a full store: not a failure).
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ class FaultSwitch:
     fail_all: bool = False
     #: Extra delay (seconds) added to every call while set; to provoke timeouts.
     hang_s: float = 0.0
+    #: While set, writes answer every page False without storing it: a full (or refusing) store.
+    refuse_all: bool = False
 
 
 _SWITCHES: dict[str, FaultSwitch] = {}
@@ -277,6 +280,10 @@ class FaultInjectingStorage(HiCacheStorage):
         self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
     ) -> list[bool]:
         self._before("batch_set_v1")
+        if self.switch.refuse_all:
+            with self._lock:
+                self.injected["refused_pages"] = self.injected.get("refused_pages", 0) + len(keys)
+            return [False] * len(keys)
         # A page "failed" after the write still landed in the store; it is reported False, as a
         # store that lost the acknowledgement would. Never corrupts what is stored.
         return self._page_faults(self.inner.batch_set_v1(keys, host_indices, extra_info))

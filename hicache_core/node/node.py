@@ -130,7 +130,7 @@ def split_shared_bounds(backend: str, extra: dict[str, Any] | None, ranks: int) 
         except (TypeError, ValueError):
             continue  # the backend reports the bad value with its own message
         if total < ranks:
-            raise ValueError(
+            raise ControllerError(
                 f"extra-config {key}={raw!r} is shared by {ranks} DP ranks (one store, one bound), so each rank "
                 f"would get less than 1; give at least {ranks}"
             )
