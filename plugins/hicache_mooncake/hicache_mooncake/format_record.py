@@ -5,20 +5,23 @@ Mooncake checks nothing but sizes (a bf16 and an fp16 page, or a ``page_first`` 
 ``page_first_direct`` page, have the same size and different bytes). So each namespace — one
 per SGLang name suffix: prefix plus rank — carries one small reserved object, the *format
 record* ``{prefix}_hicache-format_{rank}_k``, whose value names the page format
-(``PageFormat.tag()``: kind, dtype, layers, heads, head dim, page size, byte order).
+(``PageFormat.tag()``: kind, dtype, layers, heads, head dim, page size, byte order) and the
+parts of the sharding SGLang's names leave out (TP size for MHA, PP size): see ``record_value``.
 
-The rule:
+The rule (the same as hicache-file's ``sglang`` scheme manifest): **a namespace serves one
+format; any other pool gets misses and refused writes, counted** as ``format_mismatch`` in
+``get_stats()["errors"]`` (and logged once), never a wrong hit.
 
 - **At attach** (``register_mem_pool_host``) the store reads the record. Absent: it writes its
   own (Mooncake keeps the first value of a key, so of two racing writers one wins) and reads
-  it back. If the record names another format, attach is **refused** with ``LayoutError``
-  (the operator must clear the namespace, pick another ``extra_backend_tag``, or use the
-  ``hicache`` scheme); nothing is read or written.
+  it back. Naming another format: the store attaches, and every page is a miss and every
+  write refused (the operator's fix: the writers' dtype, layout and TP size, another
+  ``extra_backend_tag``, scheme ``hicache``, or ``clear()`` once the old pages may go).
 - **While attached** every existence check carries the record's name in the same
   ``batch_is_exist`` call (no extra round trip), and its value is read again at most every
-  ``RECHECK_S`` seconds. If the record has gone, it is claimed again before any page counts as
-  present; if another format claimed the namespace meanwhile, every page is a **miss** and every write is refused
-  from then on, each counted as ``format_mismatch`` in ``get_stats()["errors"]``.
+  ``RECHECK_S`` seconds. A record gone is claimed again before any page counts as present; a
+  record that now names another format turns the store to misses (and back, should it name
+  this format again).
 
 The record is hard-pinned: Mooncake's eviction and ``remove_all`` leave it, so it disappears
 only with a master restart (which drops every page with it) or an explicit removal:
@@ -37,7 +40,7 @@ import logging
 import threading
 import time
 
-from hicache_core.spec.errors import LayoutError
+from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_mooncake.objects import ObjectClient
 
 log = logging.getLogger(__name__)
@@ -48,13 +51,27 @@ RECORD_PREFIX = "hicache-mooncake-format/1 "
 RECHECK_S = 5.0
 
 
+def record_value(page_format_tag: str, config: HiCacheStorageConfig) -> str:
+    """What the record of a namespace holds: the page format and the sizes the names omit.
+
+    SGLang names an MHA page by TP *rank* only, so a TP-1 and a TP-2 deployment both write
+    ``..._0_k`` with other heads; MLA ranks all hold the same KV, so MLA records no TP size.
+    """
+    shard = f"pp{config.pp_size}" if config.is_mla_model else f"tp{config.tp_size}-pp{config.pp_size}"
+    if config.attn_cp_size > 1:
+        # SGLang's names carry no attention-CP rank: the ranks' disjoint slices would share
+        # objects, so one CP rank owns the namespace and the others miss.
+        shard += f"-cp{config.attn_cp_rank}of{config.attn_cp_size}"
+    return f"{RECORD_PREFIX}{page_format_tag} {shard}"
+
+
 class FormatRecord:
     """The format record of one namespace: claimed at attach, re-checked while attached."""
 
-    def __init__(self, objects: ObjectClient, key: str, page_format_tag: str) -> None:
+    def __init__(self, objects: ObjectClient, key: str, value: str) -> None:
         self.objects = objects
         self.key = key
-        self.value = (RECORD_PREFIX + page_format_tag).encode()
+        self.value = value.encode()
         self.mismatch: str | None = None
         self._lock = threading.Lock()
         self._checked_at = 0.0
@@ -77,27 +94,27 @@ class FormatRecord:
             return None
         return found.decode(errors="replace")
 
-    def claim_at_attach(self) -> None:
-        """Refuse (``LayoutError``) when the namespace's record names another format."""
-        other = self._claim()
-        if other is not None:
-            raise LayoutError(
-                f"mooncake (scheme sglang): the pages under {self.key!r}'s namespace were written as "
-                f"{other!r}, this host pool's pages are {self.value.decode()!r}; they would be read "
-                "as wrong KV. Use the same dtype, host layout and TP size as the writers, or another "
-                "extra_backend_tag, or scheme 'hicache'; or drop the old pages with clear() from a store "
-                "opened with this config (it removes every page, then this record)"
-            )
-        self.mismatch = None
+    def check(self) -> bool:
+        """Claim or compare the record now; True when this store's pages may be served."""
+        with self._lock:
+            other = self._claim()
+            if other != self.mismatch:
+                if other is not None:
+                    log.error(
+                        "mooncake (scheme sglang): the namespace of %s holds pages of %r, this pool's are %r: "
+                        "serving misses and refusing writes (format_mismatch). Use the writers' dtype, host "
+                        "layout and TP size, another extra_backend_tag or scheme 'hicache', or clear() the old "
+                        "pages", self.key, other, self.value.decode(),
+                    )
+                else:
+                    log.warning("mooncake (scheme sglang): %s names this pool's format again", self.key)
+                self.mismatch = other
+        return other is None
 
     def recheck(self, present: int) -> bool:
         """After an existence check answered ``present`` for the record: True when I/O may go on."""
         if present != 1 or time.monotonic() - self._checked_at > RECHECK_S:
-            with self._lock:
-                other = self._claim()
-                if other is not None and self.mismatch is None:
-                    log.error("mooncake: namespace of %s now holds format %r; serving misses", self.key, other)
-                    self.mismatch = other
+            return self.check()
         return self.mismatch is None
 
     def remove(self) -> bool:

@@ -14,8 +14,8 @@ A page is one object (MLA) or two (MHA: the K half then the V half of the stored
     ``{prefix}_{hash}_{tp_rank}[_{pp_rank}]_k`` / ``_v`` (MHA) and
     ``{prefix}_{hash}_[{pp_rank}]_k`` (MLA), ``prefix`` = ``[extra_backend_tag_]{model with / as -}``
     (no prefix and no ``_`` when both are empty). These names carry no dtype, layout, TP size or
-    attention-CP rank, so ``format_record`` guards them; shardings whose names would collide in
-    SGLang's scheme (attention CP without DCP, split heads) are refused here.
+    attention-CP rank, so ``format_record`` guards them (with attention CP, one CP rank owns a
+    namespace and the others miss). Split heads and DCP are refused here (not implemented).
 """
 
 from __future__ import annotations
@@ -101,15 +101,13 @@ def sglang_prefix(config: HiCacheStorageConfig) -> str | None:
 def sglang_names(config: HiCacheStorageConfig) -> PageObjectNames:
     """Names exactly as SGLang 0.5.23's ``MooncakeStore`` builds them for ``config``.
 
-    Raises ``BackendConfigError`` for shardings whose SGLang names would let two ranks that
-    hold different bytes share an object (so this scheme could serve wrong KV).
+    Raises ``BackendConfigError`` for the shardings this scheme does not implement (DCP, split
+    heads).
     """
-    if config.attn_cp_size > 1 or config.dcp_size > 1:
+    if config.dcp_size > 1:
         raise BackendConfigError(
-            "mooncake: scheme 'sglang' does not support attention context parallelism here "
-            f"(attn_cp_size={config.attn_cp_size}, dcp_size={config.dcp_size}): SGLang's Mooncake "
-            "names carry no attention-CP rank outside DCP, so CP ranks would read each other's "
-            "slices; use scheme 'hicache'"
+            f"mooncake: scheme 'sglang' does not support decode context parallelism (dcp_size="
+            f"{config.dcp_size}) yet (SGLang's DCP names and logical pages); use scheme 'hicache'"
         )
     if config.should_split_heads:
         raise BackendConfigError(

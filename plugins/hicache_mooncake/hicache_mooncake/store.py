@@ -39,7 +39,7 @@ from hicache_mooncake import codes
 from hicache_mooncake.client import open_client, tcp_reachable
 from hicache_mooncake.config import MooncakeSettings, load_settings
 from hicache_mooncake.flat_io import StagingBuffer, as_bytes, get_pages, object_sizes, put_pages
-from hicache_mooncake.format_record import FormatRecord
+from hicache_mooncake.format_record import FormatRecord, record_value
 from hicache_mooncake.naming import PageObjectNames, hicache_names, scheme_of, sglang_names
 from hicache_mooncake.objects import ObjectClient
 from hicache_mooncake.plugin import CAPABILITIES
@@ -122,8 +122,8 @@ class MooncakeStore(HiCacheStorage):
     def register_mem_pool_host(self, mem_pool_host: Any) -> None:
         """Take hicache's ``HostKVPool`` or an SGLang host pool, in any layout with a page format.
 
-        Under ``scheme: sglang`` this claims the namespace's format record and raises
-        ``LayoutError`` when it names another page format (``format_record``).
+        Under ``scheme: sglang`` this claims the namespace's format record; when it names
+        another page format, every page is a miss and every write refused, counted (``format_record``).
         """
         kind = pool_kind(mem_pool_host)
         if (kind == "mla") != self._is_mla:
@@ -136,8 +136,9 @@ class MooncakeStore(HiCacheStorage):
         pieces = PagePieces(mem_pool_host, 1 if self._is_mla else 2)
         record = None
         if self._sglang is not None:
-            record = FormatRecord(self._objects, self._sglang.record_key(), page_format(mem_pool_host).tag())
-            record.claim_at_attach()
+            value = record_value(page_format(mem_pool_host).tag(), self.config)
+            record = FormatRecord(self._objects, self._sglang.record_key(), value)
+            record.check()
         old = self._pieces
         self._register_range(*pieces.buffer)
         if old is not None:
@@ -213,10 +214,10 @@ class MooncakeStore(HiCacheStorage):
         """Per page: every object present. The hot path of every prefetch decision."""
         if not keys:
             return []
-        if not self._io_allowed(len(keys), "exists"):
+        record = self._record
+        if record is None and not self._io_allowed(len(keys), "exists"):
             return [False] * len(keys)
         objs = self._names.objects(keys)
-        record = self._record
         if record is not None:
             objs.append(record.key)
         rcs = self._objects.exist(objs)

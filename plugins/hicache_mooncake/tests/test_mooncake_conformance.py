@@ -1,6 +1,9 @@
-"""The storage conformance kit against a real Mooncake cluster (master + storage node on TCP)."""
+"""The storage conformance kit against a real Mooncake cluster (master + storage node on TCP),
+under both key schemes."""
 
 from __future__ import annotations
+
+import uuid
 
 import pytest
 from hicache_mooncake.cluster import LocalMooncakeCluster
@@ -19,3 +22,16 @@ class TestMooncakeConformance(StorageConformanceTests):
     def storage_config(self, mooncake_cluster: LocalMooncakeCluster) -> HiCacheStorageConfig:
         return HiCacheStorageConfig(model_name="conformance-model", extra_config=mooncake_cluster.extra_config())
 
+
+class TestMooncakeSGLangSchemeConformance(StorageConformanceTests):
+    """``scheme: sglang``: SGLang's object names, guarded by the format record. A model name
+    of its own per test keeps each test's format records apart."""
+
+    backend_name = "mooncake"
+
+    @pytest.fixture
+    def storage_config(self, mooncake_cluster: LocalMooncakeCluster) -> HiCacheStorageConfig:
+        return HiCacheStorageConfig(
+            model_name=f"conformance/sglang-{uuid.uuid4().hex[:8]}",
+            extra_config={**mooncake_cluster.extra_config(), "scheme": "sglang"},
+        )
