@@ -45,7 +45,7 @@ class DirStore(HiCacheStorage):
 
     capabilities = Capabilities(zero_copy_v1=True, delete=True, clear=True, persistent=True)
     #: What the status endpoints may show (an allow-list; anything else is shown as ***).
-    config_public_fields = ("root", "ctor_delay_s", "full_after", "read_delay_s")
+    config_public_fields = ("root", "ctor_delay_s", "full_after", "read_delay_s", "down")
 
     def __init__(self, config: HiCacheStorageConfig) -> None:
         super().__init__(config)
@@ -176,8 +176,13 @@ class FullStore(DirStore):
     def __init__(self, config: HiCacheStorageConfig) -> None:
         super().__init__(config)
         self.full_after = int(config.extra().get("full_after", 1))
+        self.down = bool(config.extra().get("down", False))  # refuses because its server is gone
         self.set_calls = 0
         FULL_STORES.append(self)
+
+    def health_check(self) -> None:
+        if self.down:
+            raise ConnectionError("storage server 127.0.0.1:1 unreachable")
 
     def batch_set_v1(
         self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None

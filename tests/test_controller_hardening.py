@@ -51,6 +51,21 @@ def test_a_full_store_is_back_pressure_not_a_breaker_trip(tmp_path: Path) -> Non
         ctl.close()
 
 
+def test_a_store_that_refuses_everything_and_is_unhealthy_opens_the_breaker(tmp_path: Path) -> None:
+    """A store whose server is down may answer False instead of raising (Mooncake does): the
+    refusal asks health_check, which tells a dead store from a full one."""
+    pool = make_pool()
+    ctl = make_controller(pool, breaker_threshold=5, auto_reattach=False)
+    try:
+        ctl.attach("fullstore", {"root": str(tmp_path), "down": True})
+        assert backup_pages(ctl, pool, hashes(2)) == [False, False]
+        wait_for(lambda: ctl.state == "degraded")
+        assert ctl.status()["breaker"]["trips"] == 1
+        assert "unreachable" in (ctl.status()["breaker"]["reason"] or "")
+    finally:
+        ctl.close()
+
+
 def test_a_store_that_cannot_write_is_refused_at_attach(tmp_path: Path) -> None:
     """A read-only store was accepted; its first replay logged 6,400 warnings. (Tests run as
     root, for whom chmod makes nothing read-only: this store refuses every write instead.)"""

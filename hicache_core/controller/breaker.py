@@ -1,8 +1,10 @@
 """The circuit breaker of a controller: trip on failing calls, probe, re-attach without flapping.
 
 Only calls that *fail* count: raising, timing out, answering with the wrong shape. A backend
-that answers "no" (all pages False: a full store, refused writes) is healthy; that is
-handled by back-pressure in the session, never by a detach.
+that answers "no" (all pages False: a full store, refused writes) is handled by back-pressure
+in the session, never by a detach, as long as its ``health_check`` passes; a backend that
+refuses everything *and* fails its health check (a store whose server is down) is reported
+``unhealthy`` and opens the breaker at once.
 
 After a trip the controller probes fresh instances of the backend on the shared admin pool
 (one probe at a time; a probe that hangs is waited for, never doubled). A backend that
@@ -107,6 +109,8 @@ class BreakerMixin:
         self._note_error(f"{session.name}: {detail}")
         with self._breaker_lock:
             self._breaker.consecutive_failures += 1
+            if kind == "unhealthy":  # the backend itself says it is failing: no need to count on
+                self._breaker.consecutive_failures = max(self._breaker.consecutive_failures, self._breaker.threshold)
             trip = self._breaker.consecutive_failures >= self._breaker.threshold and not self._tripping
             if trip:
                 self._tripping = True

@@ -255,15 +255,23 @@ class Session:
             return True
 
     def _note_refusal(self, refused_all: bool) -> None:
-        """Back-pressure: a batch refused whole backs off further; any stored page resets it."""
+        """Back-pressure: a batch refused whole backs off further; any stored page resets it.
+
+        A refused batch alone cannot tell a full store from a dead one (a backend whose
+        server is down may answer False for every page instead of raising), so each back-off
+        step asks the backend's ``health_check``: healthy means full or refusing (back-pressure
+        only); unhealthy is reported as a failure of kind ``unhealthy``, which opens the breaker.
+        """
         with self._lock:
-            if refused_all:
-                self._refused_backoff = min(REFUSED_BACKOFF_MAX_S,
-                                            max(REFUSED_BACKOFF_S, self._refused_backoff * 2))
-                self._refused_until = time.monotonic() + self._refused_backoff
-            else:
+            if not refused_all:
                 self._refused_backoff = 0.0
                 self._refused_until = 0.0
+                return
+            self._refused_backoff = min(REFUSED_BACKOFF_MAX_S, max(REFUSED_BACKOFF_S, self._refused_backoff * 2))
+            self._refused_until = time.monotonic() + self._refused_backoff
+        out = self.guard.call("health_check", self.backend.health_check, report=False)
+        if not out.ok and out.kind != "shutdown":
+            self._report(self, "health_check", "unhealthy", f"refused every page, and {out.detail}")
 
     @property
     def backing_off(self) -> bool:
