@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hicache_hf3fs.metadata.index import EXISTS, FULL, NEW, PageIndex, SlotRef
 
 
@@ -163,3 +165,25 @@ def test_state_round_trip_keeps_pages_chains_and_generations() -> None:
     (alloc,) = again.allocate(["n"], [None])
     assert alloc.status == NEW and alloc.gen > max(r.gen for r in refs)
     assert alloc.slot not in {r.slot for r in again.lookup(["p1", "r0", "r1"]) if r is not None}
+
+
+def test_journal_replay_follows_confirms_evictions_deletes_and_clear(tmp_path: Path) -> None:
+    from hicache_hf3fs.metadata.journal import Journal
+
+    journal = Journal(str(tmp_path / "i.journal"))
+    journal.restart(4, 64)
+    snapshot = {"num_pages": 4, "page_bytes": 64, "generation": 3, "entries": [["old", 0, 3, None]]}
+    journal.append([["c", "a", 1, 4, None], ["c", "b", 2, 5, "a"], ["d", "a"],
+                    ["c", "new", 0, 6, None]])  # slot 0 reused: "old" must be gone
+    with open(journal.path, "a") as fh:
+        fh.write('["c","torn",3')  # a kill in the middle of an append
+    state, n = journal.replay(snapshot, 4, 64)
+    assert n == 4 and state is not None
+    assert {e[0]: e[1] for e in state["entries"]} == {"b": 2, "new": 0}
+    assert state["generation"] == 6
+    assert journal.replay(snapshot, 8, 64) == (snapshot, 0)  # another geometry: not replayed
+    journal.restart(4, 64)  # what a start does after replaying (the snapshot holds the rest)
+    journal.append([["c", "y", 1, 8, None], ["x"], ["c", "z", 3, 9, None]])
+    state, _ = journal.replay(None, 4, 64)
+    assert state is not None and [e[0] for e in state["entries"]] == ["z"]
+    journal.close()

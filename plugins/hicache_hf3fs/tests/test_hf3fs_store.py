@@ -282,3 +282,33 @@ def test_entry_point_lists_the_backend_and_creates_it(tmp_path: Path, opened: li
     backend = create_backend("hf3fs", config(tmp_path / "kv"), mem_pool_host=make_pool())
     assert isinstance(backend, Hf3fsStore)
     opened.append(backend)
+
+
+def test_pages_survive_a_killed_writer_through_the_journal(tmp_path: Path, open_store: Callable[..., Any]) -> None:
+    """In-process metadata saves its snapshot at close; a writer killed before that keeps
+    every page it reported stored (the journal), and an evicted page never comes back."""
+    extra = {"file_path_prefix": str(tmp_path / "kv"), "file_size": 4 * make_pool().page_bytes,
+             "numjobs": 2, "client": "file"}
+    script = f"""
+import json, os, signal, torch
+from hicache_hf3fs.store import Hf3fsStore
+from hicache_core import HiCacheStorageConfig
+from hicache_core.memory.host_pool import HostKVPool
+from hicache_core.testing.pages import fill_random_pages
+pool = HostKVPool(size=32 * 16, page_size=16, layer_num=2, head_num=2, head_dim=8, dtype=torch.bfloat16)
+store = Hf3fsStore(HiCacheStorageConfig(model_name="m", extra_config=json.loads({json.dumps(json.dumps(extra))})))
+store.register_mem_pool_host(pool)
+idx, _ = fill_random_pages(pool, 6, seed=21)  # 6 pages into 4 slots: the first two are evicted
+print([store.batch_set_v1([f"k{{i}}"], idx[16 * i:16 * i + 16])[0] for i in range(6)], flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no close(): the snapshot is never saved
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == -9 and "[True, True, True, True, True, True]" in out.stdout, out.stderr
+    backend, pool = open_store(HiCacheStorageConfig(model_name="m", extra_config=extra))
+    _, expected = fill_random_pages(make_pool(), 6, seed=21)
+    keys = [f"k{i}" for i in range(6)]
+    assert backend.exists_many(keys) == [False, False, True, True, True, True]
+    dest = pool.alloc(4 * pool.page_size)
+    assert dest is not None
+    assert backend.batch_get_v1(keys[2:], dest) == [True] * 4
+    assert read_page_bytes(pool, dest) == expected[2:]

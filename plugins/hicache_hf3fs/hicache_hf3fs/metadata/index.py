@@ -106,6 +106,8 @@ class PageIndex:
         self._heap: list[tuple[int, str]] = []  # (tick, key): LRU candidates, checked lazily
         self.evictions = 0
         self.reclaimed = 0
+        #: Keys removed (deleted, evicted) since last drained, when an owner journals them.
+        self.removed: list[str] | None = None
 
     # ------------------------------------------------------------------ slots
     def _take_slot(self) -> int | None:
@@ -153,6 +155,8 @@ class PageIndex:
 
     def _remove(self, key: str) -> None:
         entry = self._ready.pop(key)
+        if self.removed is not None:
+            self.removed.append(key)
         self._free.append(entry.slot)
         if entry.parent is not None:
             parent = self._ready.get(entry.parent)
@@ -259,6 +263,11 @@ class PageIndex:
         self._heap.clear()
         self._free.clear()
         self._fresh = 0
+
+    def ready_ref(self, key: str) -> tuple[int, int, str | None] | None:
+        """``(slot, generation, parent)`` of a visible page, or None."""
+        entry = self._ready.get(key)
+        return (entry.slot, entry.gen, entry.parent) if entry is not None else None
 
     def parent_of(self, key: str) -> str | None:
         entry = self._ready.get(key)

@@ -4,8 +4,9 @@ Only one *process* may use a rank file with in-process metadata: the first takes
 ``flock`` on the file, and a second process gets a ``BackendConfigError`` telling it to run
 the shared metadata service instead. The index is saved next to the file (``<file>.index.json``,
 written atomically) when the last backend of the process closes it, and loaded at the next
-start, so pages survive a restart. A crash loses the index, never page bytes: pages written
-since the last save become unreachable, and are overwritten later.
+start, so pages survive a restart. Between saves every change to the visible pages is appended
+to ``<index>.journal`` before the call returns (``metadata.journal``), and replayed at start,
+so a page reported stored survives a killed process too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 from hicache_core.spec.errors import BackendConfigError
 from hicache_hf3fs.metadata.base import PageMetadata
 from hicache_hf3fs.metadata.index import Allocation, PageIndex, SlotRef
+from hicache_hf3fs.metadata.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class _Shared:
         self.lock = threading.Lock()
         self.users = 0
         self.index: PageIndex | None = None
+        self.journal: Journal | None = None
         self.lock_fd = os.open(data_path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -65,8 +68,22 @@ class _Shared:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.index_path)
+        if self.journal is not None:
+            self.journal.restart(self.index.num_pages, self.index.page_bytes)
+
+    def record(self, records: list[list[Any]]) -> None:
+        """Journal changes, and the keys the index removed meanwhile (evictions) first."""
+        index, journal = self.index, self.journal
+        if index is None or journal is None:
+            return
+        removed = [["d", k] for k in index.removed or ()]
+        if index.removed:
+            index.removed.clear()
+        journal.append(removed + records)
 
     def release(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
         os.close(self.lock_fd)
 
 
@@ -105,16 +122,22 @@ class LocalPageMetadata(PageMetadata):
                     )
                 return
             state = sh.load_saved()
-            if state is not None and (state.get("num_pages"), state.get("page_bytes")) == (num_pages, page_bytes):
+            if state is not None and (state.get("num_pages"), state.get("page_bytes")) != (num_pages, page_bytes):
+                log.warning(
+                    "hf3fs: the saved index of %s describes another page geometry (%s x %s); starting empty",
+                    sh.data_path, state.get("page_bytes"), state.get("num_pages"),
+                )
+                state = None
+            sh.journal = Journal(f"{sh.index_path}.journal")
+            state, replayed = sh.journal.replay(state, num_pages, page_bytes)
+            if state is not None:
                 sh.index = PageIndex.from_state(state, write_lease_seconds)
-                log.info("hf3fs: loaded %d pages of %s", len(state.get("entries", [])), sh.data_path)
+                log.info("hf3fs: loaded %d pages of %s (%d journal records replayed)",
+                         len(state.get("entries", [])), sh.data_path, replayed)
             else:
-                if state is not None:
-                    log.warning(
-                        "hf3fs: the saved index of %s describes another page geometry (%s x %s); starting empty",
-                        sh.data_path, state.get("page_bytes"), state.get("num_pages"),
-                    )
                 sh.index = PageIndex(num_pages, page_bytes, write_lease_seconds)
+            sh.index.removed = []
+            sh.save()  # the replayed state becomes the snapshot, and the journal starts over
 
     def _call(self, fn_name: str, *args: Any, default: Any) -> Any:
         sh = self._shared
@@ -124,10 +147,27 @@ class LocalPageMetadata(PageMetadata):
             return getattr(sh.index, fn_name)(*args)
 
     def allocate(self, keys: Sequence[str], parents: Sequence[str | None]) -> list[Allocation]:
-        return self._call("allocate", keys, parents, default=[Allocation("full")] * len(keys))  # type: ignore[no-any-return]
+        sh = self._shared
+        with sh.lock:
+            if sh.index is None:
+                return [Allocation("full")] * len(keys)
+            out = sh.index.allocate(keys, parents)
+            sh.record([])  # evictions, before their slots receive new bytes
+            return out
 
     def confirm(self, written: Sequence[SlotRef], aborted: Sequence[SlotRef]) -> list[bool]:
-        return self._call("confirm", written, aborted, default=[False] * len(written))  # type: ignore[no-any-return]
+        sh = self._shared
+        with sh.lock:
+            if sh.index is None:
+                return [False] * len(written)
+            out = sh.index.confirm(written, aborted)
+            made: list[list[Any]] = []
+            for ref, ok in zip(written, out):
+                ready = sh.index.ready_ref(ref.key) if ok else None
+                if ready is not None and ready[:2] == (ref.slot, ref.gen):  # this write made it visible
+                    made.append(["c", ref.key, ref.slot, ref.gen, ready[2]])
+            sh.record(made)
+            return out
 
     def lookup(self, keys: Sequence[str]) -> list[SlotRef | None]:
         return self._call("lookup", keys, default=[None] * len(keys))  # type: ignore[no-any-return]
@@ -139,10 +179,21 @@ class LocalPageMetadata(PageMetadata):
         return self._call("exists", keys, default=[False] * len(keys))  # type: ignore[no-any-return]
 
     def delete(self, keys: Sequence[str]) -> int:
-        return self._call("delete", keys, default=0)  # type: ignore[no-any-return]
+        sh = self._shared
+        with sh.lock:
+            if sh.index is None:
+                return 0
+            n = sh.index.delete(keys)
+            sh.record([])
+            return n
 
     def clear(self) -> None:
-        self._call("clear", default=None)
+        sh = self._shared
+        with sh.lock:
+            if sh.index is None:
+                return
+            sh.index.clear()
+            sh.record([["x"]])
 
     def stats(self) -> dict[str, Any]:
         out = self._call("stats", default={})
