@@ -15,9 +15,13 @@ _STORES: dict[str, dict[str, bytes]] = {}
 
 
 class DictStore(HiCacheStorage):
-    """In-process dict of page bytes; persistent across reopen within the process by name."""
+    """In-process dict of page bytes, shared by instances of one process through a store name.
 
-    capabilities = Capabilities(delete=True, clear=True, persistent=True)
+    Not ``persistent``: the pages do not outlive the process (the kit's kill -9 check would
+    rightly fail it). Keys go through the core's pool namespace (``page_key``).
+    """
+
+    capabilities = Capabilities(delete=True, clear=True)
 
     def __init__(self, config: HiCacheStorageConfig) -> None:
         super().__init__(config)
@@ -26,11 +30,13 @@ class DictStore(HiCacheStorage):
 
     def get(self, key: str, target_location: Any = None, target_sizes: Any = None) -> torch.Tensor | None:
         with self._lock:
-            raw = self._data.get(key)
+            raw = self._data.get(self.page_key(key))
         if raw is None:
             return None
         page = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
         if isinstance(target_location, torch.Tensor):
+            if target_location.numel() * target_location.element_size() != len(raw):
+                return None
             target_location.view(-1).view(torch.uint8).copy_(page)
             return target_location
         return page
@@ -40,16 +46,16 @@ class DictStore(HiCacheStorage):
             return False
         data = bytes(value.contiguous().view(-1).view(torch.uint8).numpy())
         with self._lock:
-            self._data[key] = data
+            self._data[self.page_key(key)] = data
         return True
 
     def exists(self, key: str) -> bool:
         with self._lock:
-            return key in self._data
+            return self.page_key(key) in self._data
 
     def delete(self, key: str) -> bool:
         with self._lock:
-            self._data.pop(key, None)
+            self._data.pop(self.page_key(key), None)
         return True
 
     def clear(self) -> None:
