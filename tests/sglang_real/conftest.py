@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sglang_real.sglang_env import prepare, sglang_missing_reason
+from sglang_real.sglang_env import FIRST_PARTY, prepare, sglang_missing_reason
 
 if sglang_missing_reason() is None:
     prepare()
 
 BRIDGE = {"backend_name": "hicache", "module_path": "hicache_core.compat.sglang_bridge",
           "class_name": "HiCacheBridge"}
-FIRST_PARTY = ("file", "mooncake", "nixl", "hf3fs", "aibrix")
 
 
 def backend_unavailable(name: str) -> str | None:
@@ -70,7 +69,7 @@ def backend_keys(tmp_path: Path, request: pytest.FixtureRequest) -> Callable[[st
                     "client": "file"}
         if name == "aibrix":  # AIBrix's in-memory cache, no remote connector
             return {"l1_capacity_gb": 0.05}
-        raise AssertionError(name)
+        raise AssertionError(f"{name} is not one of {FIRST_PARTY}")
 
     return _keys
 

@@ -28,6 +28,8 @@ import pytest
 SGLANG_VERSION = "0.5.23"
 STAND_IN_DIR = Path(__file__).resolve().parent / "import_stand_ins"
 INSTALL_HINT = "bash scripts/setup.sh --sglang (installs sglang==0.5.23 on CPU)"
+#: hicache's first-party backends, as ``hicache backends`` lists them.
+FIRST_PARTY = ("file", "mooncake", "nixl", "hf3fs", "aibrix")
 
 _prepared = False
 

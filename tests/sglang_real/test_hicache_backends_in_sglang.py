@@ -26,7 +26,7 @@ from sglang.srt.mem_cache.hicache_storage import HiCacheStorage as SGLangHiCache
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorageExtraInfo as SGLangExtraInfo  # noqa: E402
 from sglang.srt.mem_cache.hicache_storage import PoolName, PoolTransfer, PoolTransferResult  # noqa: E402
 from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory  # noqa: E402
-from sglang_real.conftest import FIRST_PARTY  # noqa: E402
+from sglang_real.sglang_env import FIRST_PARTY  # noqa: E402
 from sglang_real.sglang_pools import (  # noqa: E402
     POOL_CASES,
     fill_pages,
@@ -38,7 +38,7 @@ from sglang_real.sglang_pools import (  # noqa: E402
 from hicache_core.compat.sglang_bridge import BRIDGE_KEY  # noqa: E402
 from hicache_core.compat.sglang_pool import SGLangHostPoolView  # noqa: E402
 from hicache_core.memory import pages as hc_pages  # noqa: E402
-from hicache_core.spec.errors import BackendConfigError, LayoutError  # noqa: E402
+from hicache_core.spec.errors import BackendConfigError, HiCacheError, LayoutError  # noqa: E402
 
 
 def keys_for(tag: str, n: int) -> list[str]:
@@ -115,33 +115,19 @@ def test_page_unified_pool_is_refused_with_a_layout_error(bridge_extra: Callable
 
 
 # ---------------------------------------------------------------------- v1 round trips, every backend
-#: Cases failing because the backend's engineer is still moving it to ``memory.pages`` (the same
-#: cases fail in that plugin's own conformance run on hicache's HostKVPool, not only here).
-MIGRATING = {
-    ("aibrix", "mha", "page_first_direct"): "hicache-aibrix: batch_set_v1 answers False for page_first_direct "
-                                            "pools (its own kit fails the same way)",
-    ("aibrix", "mha", "page_head"): "hicache-aibrix: no block layout for page_head yet (KeyError in layout.py; "
-                                    "its own kit fails the same way)",
-}
-#: Backends that refuse MLA models by design, with a BackendConfigError that says so.
+#: Backends that refuse MLA models by design, with an error that says so.
 MHA_ONLY = {"aibrix"}
 
 
-def _roundtrip_cases() -> list[Any]:
-    cases = []
-    for name in FIRST_PARTY:
-        for kind, layout in POOL_CASES:
-            why = MIGRATING.get((name, kind, layout))
-            marks = [pytest.mark.xfail(reason=why, strict=False)] if why else []
-            cases.append(pytest.param(name, kind, layout, marks=marks, id=f"{name}-{kind}-{layout}"))
-    return cases
+ROUNDTRIP_CASES = [pytest.param(name, kind, layout, id=f"{name}-{kind}-{layout}")
+                   for name in FIRST_PARTY for kind, layout in POOL_CASES]
 
 
-@pytest.mark.parametrize(("name", "kind", "layout"), _roundtrip_cases())
+@pytest.mark.parametrize(("name", "kind", "layout"), ROUNDTRIP_CASES)
 def test_v1_roundtrip_with_sglang_pools(name: str, kind: str, layout: str, bridge_extra: Callable[..., dict[str, Any]],
                                         opened: list[Any]) -> None:
     if name in MHA_ONLY and kind == "mla":
-        with pytest.raises(BackendConfigError, match="MLA"):
+        with pytest.raises(HiCacheError, match="MLA"):
             sglang_create(kind, layout, bridge_extra(name), opened)
         return
     try:

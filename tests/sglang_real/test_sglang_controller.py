@@ -58,13 +58,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def tp_group() -> Any:
-    """A gloo process group of world size 1, and SGLang's parallel context for one rank."""
-    if not dist.is_initialized():
+def tp_group() -> Iterator[Any]:
+    """A gloo process group of world size 1, and SGLang's parallel context for one rank; both
+    undone at the end of the module."""
+    created = not dist.is_initialized()
+    if created:
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     get_parallel().override_permanently(tp_rank=0, tp_size=1, pp_rank=0, pp_size=1, attn_dcp_rank=0,
                                         attn_dcp_size=1)
-    return dist.new_group([0], backend="gloo")
+    yield dist.new_group([0], backend="gloo")
+    get_parallel().clear_stamp()
+    if created:
+        dist.destroy_process_group()
 
 
 def cpu_engine(kind: str, layout: str, tp_group: Any) -> HiCacheController:
