@@ -13,7 +13,12 @@ round:
 Every write round uses new keys (a duplicate put is free in Mooncake and would flatter both).
 The table puts this machine's memcpy bandwidth beside the figures as the physical ceiling.
 
+The raw side makes the very Mooncake call the plugin makes (``batch_put_from`` for
+page layouts, ``batch_put_from_multi_buffers`` for ``layer_first``), with the addresses
+computed beforehand from the same ``PagePieces`` plan.
+
     python plugins/hicache_mooncake/bench/bench_mooncake.py [--rounds 15] [--batch-pages 128]
+        [--layout page_first|page_first_direct|layer_first] [--scheme hicache|sglang]
 """
 
 from __future__ import annotations
@@ -90,9 +95,10 @@ def _timed(fn: Callable[..., Any], *args: Any) -> tuple[float, Any]:
     return time.perf_counter() - t, out
 
 
-def bench_page(store_cfg: HiCacheStorageConfig, label: str, rounds: int, batch: int, progress: Progress) -> list[Row]:
+def bench_page(store_cfg: HiCacheStorageConfig, label: str, rounds: int, batch: int, progress: Progress,
+               layout: str = "page_first") -> list[Row]:
     tokens, layers, heads, dim = GEOMETRIES[label]
-    pool = HostKVPool(2 * batch * tokens, tokens, layers, heads, dim, torch.bfloat16, "page_first")
+    pool = HostKVPool(2 * batch * tokens, tokens, layers, heads, dim, torch.bfloat16, layout)
     pool.kv_buffer.view(torch.uint8).random_()
     store = MooncakeStore(store_cfg)
     try:
@@ -100,8 +106,14 @@ def bench_page(store_cfg: HiCacheStorageConfig, label: str, rounds: int, batch: 
         raw = store.raw_client
         src = pool.pages_to_indices(range(batch))
         dst = pool.pages_to_indices(range(batch, 2 * batch))
-        src_ptrs, sizes = pool.get_page_buffer_meta(src)
-        dst_ptrs, _ = pool.get_page_buffer_meta(dst)
+        pieces = store.pieces
+        assert pieces is not None
+        src_plan, dst_plan = pieces.plan(src), pieces.plan(dst)
+        multi = not isinstance(src_plan.ptrs[0], int)
+        put_op = raw.batch_put_from_multi_buffers if multi else raw.batch_put_from
+        get_op = raw.batch_get_into_multi_buffers if multi else raw.batch_get_into
+        src_ptrs, dst_ptrs, sizes = src_plan.ptrs, dst_plan.ptrs, src_plan.sizes
+        want = [src_plan.object_nbytes] * len(sizes)
         nbytes = batch * pool.page_bytes
         times: dict[str, list[float]] = {k: [] for k in ("raw_set", "plugin_set", "raw_get", "plugin_get", "raw_exists", "plugin_exists")}
         task = progress.add_task(f"{label} pages x{batch}", total=rounds)
@@ -114,10 +126,10 @@ def bench_page(store_cfg: HiCacheStorageConfig, label: str, rounds: int, batch: 
                 order.reverse()  # alternate who goes first
             for who, keys in order:
                 if who == "raw":
-                    t, rcs = _timed(raw.batch_put_from, raw_obj, src_ptrs, sizes)
+                    t, rcs = _timed(put_op, raw_obj, src_ptrs, sizes)
                     assert all(rc == 0 for rc in rcs), f"raw put failed: {set(rcs)}"
-                    t2, rcs = _timed(raw.batch_get_into, raw_obj, dst_ptrs, sizes)
-                    assert list(rcs) == sizes, f"raw get failed: {sorted(set(rcs))}"
+                    t2, rcs = _timed(get_op, raw_obj, dst_ptrs, sizes)
+                    assert list(rcs) == want, f"raw get failed: {sorted(set(rcs))}"
                     t3, ex = _timed(raw.batch_is_exist, raw_obj)
                     assert all(e == 1 for e in ex)
                 else:
@@ -159,10 +171,12 @@ def _plugin_cpu_us(store: MooncakeStore, pool: HostKVPool, indices: torch.Tensor
     """Microseconds of the plugin's own work per call: page addresses + object keys (I/O),
     object keys (exists). Deterministic, unlike the transfer times on a shared machine."""
     keys = [f"cpu-{i:06d}" for i in range(batch)]
+    pieces = store.pieces
+    assert pieces is not None
     reps = 50
     t = time.perf_counter()
     for _ in range(reps):
-        store.piece_addresses(pool, indices)
+        pieces.plan(indices)
         store.object_keys(keys)
     io = (time.perf_counter() - t) / reps * 1e6
     t = time.perf_counter()
@@ -184,17 +198,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-pages", type=int, default=128, help="pages per batch call (SGLang uses up to 128)")
     ap.add_argument("--pages", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
     ap.add_argument("--segment-size", default="1GB", help="storage node memory (Mooncake size syntax)")
+    ap.add_argument("--layout", default="page_first", choices=["page_first", "page_first_direct", "layer_first"])
+    ap.add_argument("--scheme", default="hicache", choices=["hicache", "sglang"], help="object names (see naming.py)")
     ap.add_argument("--json", help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     console = Console(width=None if sys.stdout.isatty() else 120)
     limit = memcpy_gibs()
     rows: list[Row] = []
     with LocalMooncakeCluster(segment_size=args.segment_size, lease_ttl_ms=10_000) as cluster:
-        cfg = HiCacheStorageConfig(model_name="bench", extra_config=cluster.extra_config(local_buffer_size="64mb"))
+        extra = {**cluster.extra_config(local_buffer_size="64mb"), "scheme": args.scheme}
         with Progress(console=console, transient=True) as progress:
             for label in args.pages:
-                rows.extend(bench_page(cfg, label, args.rounds, args.batch_pages, progress))
-    table = Table(title=f"hicache-mooncake vs raw MooncakeDistributedStore (TCP over loopback, median of {args.rounds})")
+                # a model name per page size: under scheme sglang each geometry is its own namespace
+                cfg = HiCacheStorageConfig(model_name=f"bench-{label}", extra_config=extra)
+                rows.extend(bench_page(cfg, label, args.rounds, args.batch_pages, progress, args.layout))
+    table = Table(title=f"hicache-mooncake vs raw MooncakeDistributedStore ({args.layout}, scheme {args.scheme}; "
+                        f"TCP over loopback, median of {args.rounds})")
     cols = ("page", "operation", "raw (median)", "plugin (median)", "plugin / raw", "plugin / raw (best)",
             "plugin CPU / call", "memcpy limit")
     for col in cols:

@@ -44,7 +44,7 @@ def import_store_class() -> Any:
     """``mooncake.store.MooncakeDistributedStore``, imported after ``prepare_environment``."""
     prepare_environment()
     try:
-        from mooncake.store import MooncakeDistributedStore
+        from mooncake.store import MooncakeDistributedStore  # type: ignore[import-untyped]
     except ImportError as exc:
         why = probe() or f"importing mooncake.store failed: {exc}"
         raise BackendLoadError(f"mooncake backend cannot run here: {why}") from exc

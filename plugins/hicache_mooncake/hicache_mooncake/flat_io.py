@@ -2,7 +2,8 @@
 
 A flat page (``HostKVPool.get_data_page(flat=True)``, SGLang's ``get_data_page``) is the
 page's stored bytes; its objects are its first and second halves (MHA: K, V) or the whole
-page (MLA), the same objects the zero-copy path moves from the pool's pieces. Mooncake moves
+page (MLA), the same objects the zero-copy path moves from the pool's pieces. Pages of
+another size than the pool's (v2 sidecar state pages) are split the same way. Mooncake moves
 only registered memory, so pages are copied through one registered staging buffer, grown on
 demand. SGLang's legacy calls may pass an address and a size instead of a tensor.
 """
@@ -34,15 +35,17 @@ def as_bytes(value: Any, size: Any = None) -> torch.Tensor | None:
     return None
 
 
-def object_sizes(nbytes: int, parts: int, page_bytes: int | None) -> list[int] | None:
-    """Sizes of the objects of a flat page of ``nbytes``; None when it cannot be one.
+def object_sizes(nbytes: int, parts: int) -> list[int] | None:
+    """Sizes of the ``parts`` objects of a flat page of ``nbytes``: equal halves for MHA (K, V;
+    an odd remainder goes to the first), the whole page for MLA; None when it cannot be stored.
 
-    With a pool registered a page must have the pool's page size; without one, any size that
-    splits into ``parts`` equal objects.
+    One rule for every size, so a v2 sidecar page (a Mamba/SWA state, under its own sidecar
+    hash) is stored, found and read like a KV page.
     """
-    if nbytes <= 0 or nbytes % parts or (page_bytes is not None and nbytes != page_bytes):
+    if nbytes < parts:
         return None
-    return [nbytes // parts] * parts
+    base, rest = divmod(nbytes, parts)
+    return [base + (1 if i < rest else 0) for i in range(parts)]
 
 
 class StagingBuffer:

@@ -183,7 +183,7 @@ class ObjectClient:
         """
         if pinned:
             try:
-                from mooncake.store import ReplicateConfig
+                from mooncake.store import ReplicateConfig  # type: ignore[import-untyped]
 
                 config = ReplicateConfig()
                 config.with_hard_pin = True

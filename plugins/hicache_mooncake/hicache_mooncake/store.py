@@ -97,6 +97,11 @@ class MooncakeStore(HiCacheStorage):
         """The underlying ``MooncakeDistributedStore`` (benchmarks and diagnostics only)."""
         return self._objects.client
 
+    @property
+    def pieces(self) -> PagePieces | None:
+        """Where the registered pool's page objects lie (None before a pool is registered)."""
+        return self._pieces
+
     def object_keys(self, keys: list[str]) -> list[str]:
         """The Mooncake object names of ``keys``, page by page (K then V for MHA)."""
         return self._names.objects(keys)
@@ -242,9 +247,6 @@ class MooncakeStore(HiCacheStorage):
         return self.exists_many([key])[0]
 
     # ------------------------------------------------------------------ flat pages (staging)
-    def _page_bytes(self) -> int | None:
-        return self._pieces.page_bytes if self._pieces is not None else None
-
     def batch_set(
         self, keys: list[str], values: Any | None = None, target_locations: Any | None = None, target_sizes: Any | None = None
     ) -> bool:
@@ -263,7 +265,7 @@ class MooncakeStore(HiCacheStorage):
         sizes: list[list[int]] = []
         for key, val, size in zip(keys, vals, sizes_in):
             flat = as_bytes(val, size)
-            obj_sizes = object_sizes(flat.numel(), self._names.parts, self._page_bytes()) if flat is not None else None
+            obj_sizes = object_sizes(flat.numel(), self._names.parts) if flat is not None else None
             if flat is None or obj_sizes is None:
                 self._objects.errors.add("bad_value", 1, f"set({key!r}): not a CPU tensor or address+size of one page")
                 continue
@@ -309,7 +311,7 @@ class MooncakeStore(HiCacheStorage):
         for i, (key, loc, size) in enumerate(zip(keys, locs, sizes_in)):
             dest = as_bytes(loc, size) if loc is not None else None
             nbytes = dest.numel() if dest is not None else self._stored_nbytes(key)
-            obj_sizes = object_sizes(nbytes, self._names.parts, self._page_bytes()) if nbytes else None
+            obj_sizes = object_sizes(nbytes, self._names.parts) if nbytes else None
             if obj_sizes is not None:
                 plan.append((i, dest))
                 names.append(self._names.objects([key]))
