@@ -1,7 +1,11 @@
-"""Compatibility with code written for SGLang: its storage API and an import shim for it.
+"""hicache and SGLang, both ways.
 
-See ``sglang_shim`` (how a backend module that imports ``sglang.srt.mem_cache...`` loads
-without sglang installed) and ``sglang_api`` (what those imports then give).
+- ``sglang_bridge``: ``HiCacheBridge``, any hicache backend as an SGLang storage backend through
+  SGLang's own ``dynamic`` loader (docs/sglang-compat.md, recipe 1).
+- ``sglang_pool``: SGLang's host pools with hicache's page API (``hicache_core.memory.pages``).
+- ``sglang_known``: what hicache knows about SGLang's own storage classes, to run them in hicache.
+- ``sglang_shim`` / ``sglang_api``: without sglang installed, modules written against SGLang's
+  storage classes still import (the shim serves ``sglang.srt.mem_cache...``).
 """
 
 from hicache_core.compat.sglang_shim import install, is_installed, real_sglang_available, uninstall
