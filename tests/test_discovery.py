@@ -110,7 +110,9 @@ def test_installed_backends_are_created_by_the_one_factory(tmp_path: Path) -> No
     file_backend = create_backend("file", HiCacheStorageConfig(extra_config={"path": str(tmp_path / "f")}), registry=registry)
     example = create_backend("example", HiCacheStorageConfig(extra_config={"db_path": str(tmp_path / "e.db")}), registry=registry)
     try:
-        assert type(file_backend).__name__ == "FileStore" and type(example).__name__ == "ExampleStore"
+        from hicache_file.store import FileStore
+
+        assert isinstance(file_backend, FileStore) and type(example).__name__ == "ExampleStore"
     finally:
         file_backend.close()
         example.close()
@@ -123,7 +125,7 @@ def test_class_form_entry_point(modules: Callable[[str, str], str], dists: Calla
     registry = BackendRegistry(entry_points_override=eps, environ={})
     row = rows(registry)["acme"]
     assert (row.status, row.distribution, row.version, row.source) == ("available", "acme-store", "2.3.4", "class")
-    assert row.capabilities == ["delete", "mla"]
+    assert row.capabilities == ["delete", "mla", "sidecar_pools"]
     backend = create_backend("acme", HiCacheStorageConfig(), registry=registry)
     assert type(backend).__name__ == "Store"
 
@@ -147,7 +149,7 @@ def test_plugin_module_form_with_metadata(modules: Callable[[str, str], str], di
     registry = BackendRegistry(entry_points_override=eps, environ={})
     listed = rows(registry)
     assert listed["alpha"].status == listed["beta"].status == "available"
-    assert listed["alpha"].capabilities == ["clear", "mla"]
+    assert listed["alpha"].capabilities == ["clear", "mla", "sidecar_pools"]
     assert listed["alpha"].config_options[0]["name"] == "size"
     assert store not in sys.modules, "the listing imported the storage module of a plugin-form backend"
     backend = create_backend("alpha", HiCacheStorageConfig(), registry=registry)
