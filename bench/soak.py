@@ -102,13 +102,15 @@ def run(cluster: Any, requests: list[Any], faults: bool, console: Console) -> di
 
     def cycle_attach() -> None:
         while not stop.wait(30.0):
-            try:
-                node.detach()
-                time.sleep(0.5)
-                node.attach("mooncake", extra)
-                events.append(f"{time.strftime('%X')} detach+attach")
-            except ControllerError as exc:  # e.g. the master is down: the next cycle retries
-                admin_errors.append(str(exc)[:200])
+            node.detach()
+            events.append(f"{time.strftime('%X')} detach")
+            while not stop.wait(0.5):  # as an operator would: attach again until it is accepted
+                try:
+                    node.attach("mooncake", extra)
+                    events.append(f"{time.strftime('%X')} attach")
+                    break
+                except ControllerError as exc:  # e.g. the master is down
+                    admin_errors.append(str(exc)[:200])
 
     def store_full() -> str:
         switch.refuse_all = True
@@ -120,6 +122,7 @@ def run(cluster: Any, requests: list[Any], faults: bool, console: Console) -> di
 
     def kill_master() -> str:
         cluster.kill("master")
+        events.append(f"{time.strftime('%X')} master killed")
         threading.Thread(target=restart_master, name="soak-restart", daemon=True).start()
         return "master killed"
 

@@ -4,28 +4,25 @@ See the package docstring for the contract. Internals in one paragraph: admin op
 hold one re-entrant lock and replace ``self._session`` atomically; request-path calls read
 ``self._session`` once and talk to that session only, so a swap never blocks them and never
 makes them fail (a session that is stopping answers with misses). Backend calls run through
-the session's ``GuardedBackend``; its reports feed the circuit breaker, which, when it opens,
-detaches the session on a helper thread (a worker cannot join itself) and, with
-``auto_reattach``, probes fresh instances of the same backend until one is healthy.
+the session's ``GuardedBackend``; its reports feed the circuit breaker (``breaker``), which,
+when it opens, detaches the session on a helper thread (a worker cannot join itself) and, with
+``auto_reattach``, probes fresh instances of the same backend until one is healthy. Building a
+session is ``builder``'s; ``status()`` and ``backend_view()`` are ``status_view``'s.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import torch
 from prometheus_client import CollectorRegistry
 
-from hicache_core.controller.attach_check import check_config_model, check_paths, probe_store
-from hicache_core.controller.backend_models import config_model_for
 from hicache_core.controller.breaker import BreakerMixin, BreakerState, now_iso
+from hicache_core.controller.builder import SessionBuilderMixin
 from hicache_core.controller.errors import ControllerError
 from hicache_core.controller.faults import FaultInjectingStorage, parse_fault_config, strip_fault_key
 from hicache_core.controller.metrics import ControllerMetrics
@@ -38,11 +35,8 @@ from hicache_core.controller.policies import (
     write_policy_allows,
 )
 from hicache_core.controller.prefetch import PrefetchOperation, PrefetchResult
-from hicache_core.controller.ratelimit import limit_backend_logs
 from hicache_core.controller.session import AttachSpec, BackupJob, Session, _Once
-from hicache_core.controller.shown_config import public_fields, shown_config, strip_userinfo
-from hicache_core.controller.workers import admin_workers
-from hicache_core.plugins.factory import create_backend, resolve_backend_class
+from hicache_core.controller.status_view import StatusMixin
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.errors import HiCacheError
 
@@ -55,10 +49,7 @@ log = logging.getLogger(__name__)
 
 SWITCH_MODES: tuple[str, ...] = ("quiesce", "idle")
 
-#: Seconds a ``get_stats()`` answer is reused (status and /metrics read it often).
-STATS_TTL_S = 1.0
-
-class StorageController(BreakerMixin):
+class StorageController(StatusMixin, SessionBuilderMixin, BreakerMixin):
     """Attaches one L3 backend at a time to ``host_pool`` and moves pages both ways.
 
     Admin operations (``attach``, ``detach``, ``close``) are thread-safe and raise
@@ -285,93 +276,6 @@ class StorageController(BreakerMixin):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # ================================================================== status
-    def status(self) -> dict[str, Any]:
-        """JSON-serialisable state: backend, config, policies, breaker, counters, last error.
-
-        Lock-free with respect to admin operations: it answers at once even while an attach
-        is building a slow backend (it then shows the state before that attach).
-        """
-        sess, spec, state = self._session, self._spec, self._state
-        with self._breaker_lock:
-            breaker = self._breaker.to_dict()
-        pending = sess.pending() if sess is not None else (0, 0)
-        faults = sess.fault_injector if sess is not None else None
-        return {
-            "rank": self.rank,
-            "state": state,
-            "backend": spec.backend if spec is not None else None,
-            "extra_config": shown_config(spec.extra_config, self._shown_fields) if spec is not None else None,
-            "prefetch_policy": self._prefetch_policy,
-            "write_policy": self._write_policy,
-            "policies": {
-                "prefetch": self._prefetch_policy,
-                "write": self._write_policy,
-                **(spec.knobs.to_dict() if spec is not None else {}),
-            },
-            "attached_at": (
-                datetime.fromtimestamp(sess.attached_at, timezone.utc).isoformat(timespec="seconds")
-                if sess is not None else None
-            ),
-            "breaker": {**breaker, "auto_reattach": self.auto_reattach, "probe_interval_s": self.probe_interval_s},
-            "counters": self.metrics.snapshot(),
-            "backend_stats": self.backend_stats_shown(),
-            "storage_epoch": self._storage_epoch,
-            "queues": {"prefetch": pending[0], "backup": pending[1],
-                       "backup_backing_off": sess.backing_off if sess is not None else False},
-            "fault_injection": (
-                {**faults.faults.to_dict(), "fail_all": faults.switch.fail_all, **faults.injected}
-                if faults is not None else None
-            ),
-            "io_timeout_s": self.io_timeout_s,
-            "namespace_suffix": self._suffix,
-            "last_error": strip_userinfo(self._last_error) if self._last_error else None,
-            "last_error_at": self._last_error_at,
-        }
-
-    def backend_view(self) -> dict[str, Any]:
-        """SGLang's ``GET /hicache/storage-backend`` fields, as now in force (lock-free)."""
-        sess = self._session
-        spec = sess.spec if sess is not None else None
-        extra = self._spec.extra_config if sess is not None and self._spec is not None else None
-        return {
-            "hicache_storage_backend": spec.backend if spec is not None else None,
-            "hicache_storage_backend_extra_config_json": (
-                json.dumps(shown_config(extra, self._shown_fields)) if extra else None
-            ),
-            "hicache_storage_prefetch_policy": self._prefetch_policy,
-            "hicache_write_policy": self._write_policy,
-        }
-
-    def backend_stats(self) -> tuple[str, dict[str, Any]] | None:
-        """(backend name, its ``get_stats()``), read at most once per ``STATS_TTL_S``; None when none."""
-        sess = self._session
-        if sess is None:
-            return None
-        at, cached_sess, cached = self._stats_cache
-        if cached_sess is sess and time.monotonic() - at < STATS_TTL_S:
-            return (sess.name, cached) if cached is not None else None
-        out = sess.guard.call("get_stats", sess.backend.get_stats, report=False)
-        stats = out.value if out.ok and isinstance(out.value, dict) else None
-        self._stats_cache = (time.monotonic(), sess, stats)
-        return (sess.name, stats) if stats is not None else None
-
-    def backend_stats_shown(self) -> dict[str, Any] | None:
-        """The backend's ``get_stats()`` for status: numbers and flags; strings only if public."""
-        got = self.backend_stats()
-        if got is None:
-            return None
-        _, stats = got
-        out: dict[str, Any] = {}
-        for k, v in stats.items():
-            if isinstance(v, (bool, int, float)) or v is None:
-                out[str(k)] = v
-            elif isinstance(v, dict):
-                out[str(k)] = {str(a): b for a, b in v.items() if isinstance(b, (bool, int, float))}
-            elif isinstance(v, str) and str(k) == "path":
-                out[str(k)] = strip_userinfo(v)
-        return out
-
     # ================================================================== request path
     def prefetch(self, page_hashes: list[str], prefix_hashes: list[str] | None = None) -> PrefetchOperation | None:
         """Start loading the leading pages of ``page_hashes`` from L3; never raises.
@@ -484,96 +388,6 @@ class StorageController(BreakerMixin):
                 raise ControllerError(
                     f"Reject {op}: storage workers are not idle. #prefetch={prefetches} #backup={backups}"
                 )
-
-    def _bounded(self, what: str, fn: Callable[[], Any], cleanup: Callable[[Any], None]) -> Any:
-        """Run ``fn`` on the shared admin pool within ``attach_timeout_s``; see ``workers``."""
-        try:
-            return admin_workers().run(what, fn, self.attach_timeout_s, cleanup)
-        except TimeoutError:
-            raise TimeoutError(f"{what} took longer than attach_timeout_s={self.attach_timeout_s:g}") from None
-
-    def _check_config(self, name: str, extra: dict[str, Any]) -> None:
-        """The backend's config schema (``config_model``) and the path rules; see ``attach_check``."""
-        cls: type | None = None
-        try:
-            cls, _, _ = resolve_backend_class(name, extra, self.registry)
-        except HiCacheError:
-            return  # create_backend reports it with the full story
-        model_cls = cls if getattr(cls, "config_model", None) is not None else config_model_for(name)
-        if model_cls is not None:
-            check_config_model(name, model_cls, extra)
-        else:
-            spec_names = self._declared_options(name)
-            check_paths(name, extra, names=spec_names)
-        self._shown_fields = public_fields(name, cls)
-
-    def _declared_options(self, name: str) -> set[str] | None:
-        try:
-            from hicache_core.plugins.registry import default_registry
-
-            spec = (self.registry or default_registry()).spec(name)
-        except Exception:
-            return None
-        return {o.name for o in spec.config_options}
-
-    def _build_session(self, spec: AttachSpec) -> Session:
-        """Create the backend, wrap it, register the host pool, prove it can store a page."""
-        name = spec.backend
-        config = replace(self.storage_config, extra_config=spec.backend_extra)
-
-        def _quiet_close(b: HiCacheStorage) -> None:
-            try:
-                b.close()
-            except Exception:
-                log.debug("closing a late backend raised", exc_info=True)
-
-        try:
-            self._check_config(name, spec.backend_extra)
-            backend: HiCacheStorage = self._bounded(
-                f"creating backend {name!r}",
-                lambda: create_backend(name, config, None, self.registry),
-                _quiet_close,
-            )
-        except HiCacheError as exc:
-            raise ControllerError(f"Reject attach: cannot create storage backend {name!r}: {exc}") from exc
-        except Exception as exc:
-            raise ControllerError(
-                f"Reject attach: cannot create storage backend {name!r}: {type(exc).__name__}: {exc}"
-            ) from exc
-        limit_backend_logs(type(backend).__module__)
-        inner = getattr(backend, "inner", None)
-        if inner is not None:
-            limit_backend_logs(type(inner).__module__)
-        try:
-            self._bounded(
-                f"registering the host pool with {name!r}",
-                lambda: backend.register_mem_pool_host(self.host_pool),
-                lambda _none: None,
-            )
-        except Exception as exc:
-            _quiet_close(backend)
-            raise ControllerError(
-                f"Reject attach: storage backend {name!r} refused the host pool "
-                f"({self.host_pool.layout}): {type(exc).__name__}: {exc}"
-            ) from exc
-        if self.storage_config.is_writer_rank:
-            try:
-                problem = self._bounded(
-                    f"probing {name!r} with one page", lambda: probe_store(backend, self.host_pool, name, self.rank),
-                    lambda _none: None,
-                )
-            except Exception as exc:
-                problem = f"probing storage backend {name!r} failed: {type(exc).__name__}: {exc}"
-            if problem is not None:
-                _quiet_close(backend)
-                raise ControllerError(f"Reject attach: {problem}")
-        if spec.faults is not None:
-            backend = FaultInjectingStorage(backend, spec.faults)
-        return Session(
-            spec, backend, self.host_pool, rank=self.rank, key_suffix=self._suffix,
-            is_writer=self.storage_config.is_writer_rank, io_timeout_s=self.io_timeout_s,
-            metrics=self.metrics, report=self._on_report, prefetch_workers=self.prefetch_workers,
-        )
 
     def _install(self, session: Session, spec: AttachSpec, reattach: bool = False) -> Session | None:
         """Swap in a started session (admin lock held); quiesce and close the old one."""

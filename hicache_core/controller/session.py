@@ -13,16 +13,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from hicache_core.controller.faults import FaultConfig, FaultInjectingStorage
+from hicache_core.controller.faults import FaultInjectingStorage
 from hicache_core.controller.guard import CallOutcome, GuardedBackend, check_bool_list, check_count
 from hicache_core.controller.metrics import ControllerMetrics
-from hicache_core.controller.policies import PrefetchKnobs
 from hicache_core.controller.prefetch import PrefetchOperation
+from hicache_core.controller.session_types import AttachSpec, BackupJob, _Once
 from hicache_core.spec.config import HiCacheStorageExtraInfo
 from hicache_core.spec.storage import HiCacheStorage
 
@@ -30,6 +29,8 @@ if TYPE_CHECKING:
     from hicache_core.memory.host_pool import HostKVPool
 
 log = logging.getLogger(__name__)
+
+__all__ = ["AttachSpec", "BackupJob", "Session", "SessionReport", "_Once"]
 
 #: SGLang issues L3 I/O in batches of at most this many pages.
 BATCH_PAGES = 128
@@ -44,54 +45,11 @@ BACKUP_QUEUE_MAX = 512
 #: while it keeps refusing. A refusal is not a failure: it never opens the breaker.
 REFUSED_BACKOFF_S = 0.25
 REFUSED_BACKOFF_MAX_S = 8.0
+#: Pause before asking a refusing store's health a second time.
+HEALTH_RECHECK_S = 0.1
 
 #: ``report(session, op, kind, detail)``: kind None = success.
 SessionReport = Callable[["Session", str, "str | None", str], None]
-
-
-@dataclass(frozen=True)
-class AttachSpec:
-    """What an attach asked for, split into the backend's part and the controller's part."""
-
-    backend: str
-    extra_config: dict[str, Any]  # as given (knobs and fault keys included)
-    backend_extra: dict[str, Any]  # what the backend sees
-    knobs: PrefetchKnobs
-    faults: FaultConfig | None
-
-    def same_backend(self, other: AttachSpec) -> bool:
-        """Same backend and backend configuration (knobs and policies may differ)."""
-        return (self.backend, self.backend_extra, self.faults) == (other.backend, other.backend_extra, other.faults)
-
-
-class _Once:
-    """Calls ``fn(results)`` at most once; exceptions from it are logged, never raised."""
-
-    def __init__(self, fn: Callable[[list[bool]], object] | None) -> None:
-        self._fn = fn
-        self._lock = threading.Lock()
-        self._called = False
-
-    def __call__(self, results: list[bool]) -> None:
-        with self._lock:
-            if self._called:
-                return
-            self._called = True
-        if self._fn is None:
-            return
-        try:
-            self._fn(results)
-        except Exception:
-            log.exception("backup on_done callback raised")
-
-
-@dataclass
-class BackupJob:
-    page_hashes: list[str]
-    keys: list[str]
-    host_indices: torch.Tensor
-    on_done: _Once
-    queued_at: float = field(default_factory=time.monotonic)
 
 
 class Session:
@@ -270,8 +228,11 @@ class Session:
             self._refused_backoff = min(REFUSED_BACKOFF_MAX_S, max(REFUSED_BACKOFF_S, self._refused_backoff * 2))
             self._refused_until = time.monotonic() + self._refused_backoff
         out = self.guard.call("health_check", self.backend.health_check, report=False)
-        if not out.ok and out.kind != "shutdown":
-            self._report(self, "health_check", "unhealthy", f"refused every page, and {out.detail}")
+        if not out.ok and out.kind != "shutdown" and not self._stopping.wait(HEALTH_RECHECK_S):
+            # Asked twice: one failed check (a blip) must not detach a store that is only full.
+            out = self.guard.call("health_check", self.backend.health_check, report=False)
+            if not out.ok and out.kind != "shutdown":
+                self._report(self, "health_check", "unhealthy", f"refused every page, and {out.detail}")
 
     @property
     def backing_off(self) -> bool:
