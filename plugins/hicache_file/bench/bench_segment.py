@@ -19,7 +19,9 @@ Contenders:
 - ``raw per-page files``: ``open`` + one ``pwritev``/``preadv`` + ``close`` per page (new files
   per round), ``stat`` per key for exists: the least one file per page costs.
 - ``raw one file``: the same bytes to and from one preallocated file with as few
-  ``pwritev``/``preadv`` calls as ``IOV_MAX`` allows: the disk and page-cache limit.
+  ``pwritev``/``preadv`` calls as ``IOV_MAX`` allows: the disk and page-cache limit. Each
+  set writes a new file preallocated (untimed) with ``posix_fallocate``, since a cache stores
+  new pages in new space; gets read what the last set wrote.
 
 Also printed: memory the segment index uses per stored page (measured with ``tracemalloc``),
 beside the page-file scheme's LRU index.
@@ -112,6 +114,8 @@ class Contender:
     get: Callable[[list[str]], None]
     exists: Callable[[list[str]], None] | None
     files: Callable[[], list[str]]
+    #: Untimed work before each set (the one-file limit's fresh preallocated file).
+    prepare: Callable[[], None] | None = None
     times: dict[str, list[float]] = field(default_factory=dict)
 
 
@@ -173,6 +177,10 @@ def build(label: str, root: str, sgl: tuple[Any, Any]) -> tuple[list[Contender],
     contenders.append(hicache("pagefile v1", pagefile, ".hcp", lambda: pagefile.namespace_dir))
     segment = SegmentStore(HiCacheStorageConfig(model_name=model, extra_config={"path": os.path.join(root, "segment")}))
     contenders.append(hicache("segment v1", segment, ".seg", lambda: os.path.join(root, "segment")))
+    checked = SegmentStore(HiCacheStorageConfig(
+        model_name=model, extra_config={"path": os.path.join(root, "segment-always"), "verify": "always"},
+    ))
+    contenders.append(hicache("segment, verify always", checked, ".seg", lambda: os.path.join(root, "segment-always")))
 
     # Raw: one file per page.
     raw_dir = os.path.join(root, "raw-pages")
@@ -199,55 +207,82 @@ def build(label: str, root: str, sgl: tuple[Any, Any]) -> tuple[list[Contender],
 
     # Raw: one preallocated file, the same bytes.
     one_path = os.path.join(root, "one-file.bin")
-    one_fd = os.open(one_path, os.O_RDWR | os.O_CREAT, 0o644)
     total = PAGES * pool.page_bytes
-    os.posix_fallocate(one_fd, 0, total)
     src_flat = [v for page in src_views for v in page]
     dst_flat = [v for page in dst_views for v in page]
-    pwritev_all(one_fd, src_flat, 0)
+    one = {"fd": -1}
+
+    def one_fresh() -> None:
+        """Untimed, before each set: a new file with its blocks preallocated, as a cache
+        stores new pages in new space (rewriting a file already in the page cache would be
+        a limit no cache can reach)."""
+        if one["fd"] >= 0:
+            os.close(one["fd"])
+            os.unlink(one_path)
+        one["fd"] = os.open(one_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        os.posix_fallocate(one["fd"], 0, total)
 
     def one_set(keys: list[str]) -> None:
-        assert pwritev_all(one_fd, src_flat, 0) == total
+        assert pwritev_all(one["fd"], src_flat, 0) == total
 
     def one_get(keys: list[str]) -> None:
-        assert preadv_all(one_fd, dst_flat, 0) == total
+        assert preadv_all(one["fd"], dst_flat, 0) == total
 
-    contenders.append(Contender("raw one file", one_set, one_get, None, lambda: [one_path]))
-    return contenders, pool, (src_pages, dst_pages), [sgl_store, pagefile, segment, one_fd]
+    contenders.append(Contender("raw one file", one_set, one_get, None, lambda: [one_path], prepare=one_fresh))
+    return contenders, pool, (src_pages, dst_pages), [pagefile, segment, checked, one]
 
 
-def run_size(label: str, root: str, rounds: int, sgl: tuple[Any, Any], as_root: bool) -> dict[str, dict[str, float]]:
+def run_size(
+    label: str, root: str, rounds: int, reps: int, sgl: tuple[Any, Any], as_root: bool,
+) -> dict[str, dict[str, float]]:
+    """Per round and contender, each op ``reps`` times (the best kept: the machine is shared and
+    a pass that lost the CPU says nothing about the code); the median over rounds is reported."""
     contenders, pool, (src_pages, dst_pages), handles = build(label, root, sgl)
     nbytes = PAGES * pool.page_bytes
+    zeros = torch.zeros(pool.page_bytes, dtype=torch.uint8).view(pool.dtype)
+    generation = iter(range(1 << 30))
     for c in contenders:
         c.times = {op: [] for op in OPS}
+
+    def best(fn: Callable[[], None], before: Callable[[], None] | None = None) -> float:
+        times = []
+        for _ in range(reps):
+            if before is not None:
+                before()
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def measure(c: Contender, check: bool) -> None:
+        keys: list[str] = []
+
+        def new_keys() -> None:  # untimed: keys never written before, by anyone
+            g = next(generation)
+            keys[:] = [f"{g:08x}{i:056x}"[::-1] for i in range(PAGES)]
+            if c.prepare is not None:
+                c.prepare()
+
+        c.times["set"].append(best(lambda: c.set(keys), new_keys))
+        for p in dst_pages:  # a read must bring the bytes back, not find them there
+            pool.write_page(p, zeros)
+        c.times["get warm"].append(best(lambda: c.get(keys)))
+        if check:
+            for s, d in zip(src_pages, dst_pages):
+                same = torch.equal(pool.read_page(s).view(torch.uint8), pool.read_page(d).view(torch.uint8))
+                assert same, f"{c.name} read back other bytes"
+        c.times["get cold"].append(best(lambda: c.get(keys), lambda: drop_cache(c.files(), as_root)))
+        if c.exists is not None:
+            c.times["exists"].append(best(lambda: c.exists(keys)))
+
     for r in range(rounds):
-        keys = [f"{r:08x}{i:056x}"[::-1] for i in range(PAGES)]
-        order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
-        for c in order:
-            t0 = time.perf_counter()
-            c.set(keys)
-            c.times["set"].append(time.perf_counter() - t0)
-            for p in dst_pages:  # a read must bring the bytes back, not find them there
-                pool.write_page(p, torch.zeros(pool.page_bytes, dtype=torch.uint8).view(pool.dtype))
-            t0 = time.perf_counter()
-            c.get(keys)
-            c.times["get warm"].append(time.perf_counter() - t0)
-            if r == 0:
-                for s, d in zip(src_pages, dst_pages):
-                    assert torch.equal(pool.read_page(s).view(torch.uint8), pool.read_page(d).view(torch.uint8)), f"{c.name} read back other bytes"
-            drop_cache(c.files(), as_root)
-            t0 = time.perf_counter()
-            c.get(keys)
-            c.times["get cold"].append(time.perf_counter() - t0)
-            if c.exists is not None:
-                t0 = time.perf_counter()
-                c.exists(keys)
-                c.times["exists"].append(time.perf_counter() - t0)
-    _, pagefile, segment, one_fd = handles
-    pagefile.close()
-    segment.close()
-    os.close(one_fd)
+        for c in contenders[r % len(contenders):] + contenders[: r % len(contenders)]:
+            measure(c, check=r == 0)
+    *stores, one = handles
+    for store in stores:
+        store.close()
+    if one["fd"] >= 0:
+        os.close(one["fd"])
     out: dict[str, dict[str, float]] = {}
     for c in contenders:
         row: dict[str, float] = {}
@@ -295,13 +330,14 @@ def fmt_ratio(x: float | None) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds per page size (median shown)")
+    ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (median shown); 1 MiB pages: at most 2")
+    ap.add_argument("--reps", type=int, default=3, help="passes of each op per round, the best kept; 1 MiB: at most 2")
     ap.add_argument("--dir", default=None, help="directory on the disk to test (default: a temp dir in /tmp)")
     ap.add_argument("--drop-caches", action="store_true",
                     help="cold reads after 'echo 1 > /proc/sys/vm/drop_caches' (root) instead of per-file fadvise")
     ap.add_argument("--sizes", default=",".join(SHAPES), help="page sizes to run, comma-separated")
     args = ap.parse_args()
-    console = Console()
+    console = Console(width=max(shutil.get_terminal_size((200, 40)).columns, 170))
     started = time.perf_counter()
     HiCacheFile, SGLConfig, note = import_sglang_file_backend()
     console.print(f"[dim]{note}; cold reads: {'drop_caches' if args.drop_caches else 'fdatasync + posix_fadvise(DONTNEED) per file'}[/]")
@@ -313,19 +349,22 @@ def main() -> None:
             sub = os.path.join(root, label.replace(" ", ""))
             os.makedirs(sub)
             with console.status(f"{label} pages, {args.rounds} rounds"):
-                results[label] = run_size(label, sub, args.rounds, (HiCacheFile, SGLConfig), args.drop_caches)
+                big = label == "1 MiB"  # bounds the bytes written: 128 MiB per set
+                rounds, reps = (min(args.rounds, 2), min(args.reps, 2)) if big else (args.rounds, args.reps)
+                results[label] = run_size(label, sub, rounds, reps, (HiCacheFile, SGLConfig), args.drop_caches)
             shutil.rmtree(sub, ignore_errors=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    names = ["SGLang HiCacheFile", "pagefile v1", "segment v1", "raw per-page files", "raw one file"]
-    table = Table(title=f"hicache-file segment scheme, {PAGES}-page batches (GiB/s; exists: ms for {PAGES} keys; medians of {args.rounds} rounds)")
+    names = ["SGLang HiCacheFile", "pagefile v1", "segment v1", "segment, verify always", "raw per-page files",
+             "raw one file"]
+    table = Table(title=f"{PAGES}-page batches, GiB/s (exists: ms for {PAGES} keys): median over interleaved rounds of the best of {args.reps} passes")
     table.add_column("page")
     table.add_column("op")
     for n in names:
         table.add_column(n, justify="right")
-    table.add_column("segment vs SGLang", justify="right")
-    table.add_column("segment % of one file", justify="right")
+    table.add_column("segment / SGLang", justify="right")
+    table.add_column("segment / one file", justify="right")
     for label, res in results.items():
         for op in OPS:
             cells = [f"{res[n][op]:.3f}" if op in res[n] else "-" for n in names]

@@ -9,7 +9,7 @@ import pytest
 from hicache_file.segment import store as segment_store
 from hicache_file.segment.store import SegmentStore
 
-from hicache_core import HiCacheStorage, HiCacheStorageConfig
+from hicache_core import HiCacheStorage, HiCacheStorageConfig, create_backend
 from hicache_core.testing import StorageConformanceTests
 
 
@@ -44,3 +44,24 @@ class TestSegmentStoreSmallSegmentsConformance(StorageConformanceTests):
     @pytest.fixture
     def open_backend(self) -> Callable[[HiCacheStorageConfig], HiCacheStorage]:
         return SegmentStore
+
+
+class TestSegmentThroughFileEntryPointConformance(StorageConformanceTests):
+    """The installed ``file`` entry point with ``scheme: segment``, a size bound, every read checked."""
+
+    backend_name = "file"
+
+    @pytest.fixture
+    def storage_config(self, tmp_path: Path) -> HiCacheStorageConfig:
+        return HiCacheStorageConfig(
+            model_name="conformance-model",
+            extra_config={"path": str(tmp_path / "l3"), "scheme": "segment", "max_bytes": "1GiB", "verify": "always"},
+        )
+
+    def test_created_through_the_factory(self, storage_config: HiCacheStorageConfig) -> None:
+        backend = create_backend("file", storage_config)
+        try:
+            assert isinstance(backend, SegmentStore)
+            assert backend.settings.max_bytes == 1 << 30 and backend.settings.verify == "always"
+        finally:
+            backend.close()
