@@ -10,7 +10,8 @@ before every request (``max_tokens=1``, so the wall time of ``generate`` is the 
 
 - ``no connector``: an engine without hicache (the floor without L3);
 - ``L3 miss``: the connector engine on a prompt L3 does not hold (it computes and stores; the
-  ``L3 save`` column is the time in the backend's ``batch_set_v1``, synchronous after the step);
+  ``L3 save`` column is the time in the backend's ``batch_set_v1``, on the writer thread unless
+  ``--sync-save``);
 - ``L3 hit``: the same prompt again: every full page but the last token's comes from L3;
 
 beside the L3 read bandwidth: in the engine (pages loaded / time in the backend's
@@ -69,6 +70,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--heads", type=int, default=8)
     ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--sync-save", action="store_true", help="store pages in the step (async_save false)")
     args = ap.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     work = tempfile.mkdtemp(prefix="hicache-vllm-bench-")
@@ -98,6 +100,7 @@ def main() -> None:
             p = [rng.randrange(3, 4096) for _ in range(n)]
             ttft(llm, p)
             if hits:
+                next(c for c in hc.INSTANCES if c.worker is not None).worker.flush()
                 ttft(llm, p)
 
     llm = LLM(**common)
@@ -107,7 +110,7 @@ def main() -> None:
     gc.collect()
 
     ktc = KVTransferConfig(kv_connector="HiCacheConnector", kv_role="kv_both", kv_connector_extra_config={
-        "backend": args.backend, "backend_config": backend_config})
+        "backend": args.backend, "backend_config": backend_config, "async_save": not args.sync_save})
     llm = LLM(**common, kv_transfer_config=ktc)
     worker = next(c for c in hc.INSTANCES if c.worker is not None)
     warm_up(llm, hits=True)
@@ -117,6 +120,7 @@ def main() -> None:
         for p in prompts[n]:
             saved_before = worker.store.counters["save_us"]
             miss.append(ttft(llm, p))
+            worker.worker.flush()  # the miss's pages are written off the step; wait before the hit
             save_us += worker.store.counters["save_us"] - saved_before
             before = dict(worker.store.counters)
             hit.append(ttft(llm, p))

@@ -132,7 +132,9 @@ class HiCacheConnector(KVConnectorBase_V1):
             log.warning("hicache-vllm: L3 disabled, %s; vLLM runs without it", exc)
         if role == KVConnectorRole.SCHEDULER:
             if self.layout is not None:
-                self.store = self._store(pages=1)
+                # Lookups move no bytes; the pool gives the namespace. Two pages, not one: with
+                # one, page_first_direct's K and V halves touch and Mooncake sees one piece.
+                self.store = self._store(pages=2)
             self.scheduler = SchedulerSide(self.store, self.block_size, self.settings.load, self.settings.save)
         INSTANCES.append(self)
 
@@ -152,7 +154,7 @@ class HiCacheConnector(KVConnectorBase_V1):
             return
         pages = max(4, self.settings.staging_mib * 2**20 // self.layout.page_bytes)
         self.store = self._store(pages)
-        self.worker = WorkerSide(self.layout, kv_caches, self.store.pool, self.store)
+        self.worker = WorkerSide(self.layout, kv_caches, self.store.pool, self.store, self.settings.async_save)
 
     def _plan(self) -> StepPlan | None:
         if self.worker is None or not self.has_connector_metadata():
@@ -181,6 +183,8 @@ class HiCacheConnector(KVConnectorBase_V1):
         return self.worker.take_load_errors() if self.worker is not None else set()
 
     def shutdown(self) -> None:
+        if self.worker is not None:
+            self.worker.close()  # pages already staged are written first (bounded wait)
         if self.store is not None:
             self.store.close()
 

@@ -5,7 +5,8 @@
  "backend_config": {"path": "/tmp/l3"},    // that backend's extra-config (its README)
  "model_id": "meta-llama/Llama-3.1-8B",    // optional: the model part of the key namespace
  "staging_mib": 256,                       // optional: host staging pool size
- "load": true, "save": true}               // optional: read from / write to L3
+ "load": true, "save": true,               // optional: read from / write to L3
+ "async_save": true}                       // optional: store pages off the engine's step
 ```
 
 ``backend_config`` may carry ``fault_injection`` (hicache's failure-injection wrapper, as the
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-KNOWN_KEYS = ("backend", "backend_config", "model_id", "staging_mib", "load", "save")
+KNOWN_KEYS = ("backend", "backend_config", "model_id", "staging_mib", "load", "save", "async_save")
 
 
 class ConnectorConfigError(ValueError):
@@ -44,6 +45,7 @@ class ConnectorSettings:
     staging_mib: int = 256
     load: bool = True
     save: bool = True
+    async_save: bool = True
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any] | None) -> ConnectorSettings:
@@ -84,4 +86,5 @@ class ConnectorSettings:
             staging_mib=staging_mib,
             load=_flag(extra, "load"),
             save=_flag(extra, "save"),
+            async_save=_flag(extra, "async_save"),
         )

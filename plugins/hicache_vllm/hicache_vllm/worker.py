@@ -8,7 +8,8 @@
 - ``save_layer``: after each attention layer, copy that layer of this step's new full pages
   into their staging pages (the layer's KV is final once its attention has run).
 - ``finish_saves``: once per step, store the pages whose every layer was staged
-  (``batch_set_v1``) and release their staging pages. A page missing a layer is never stored.
+  (``batch_set_v1``), on the writer thread by default (``writer.PageWriter``; ``async_save``
+  false: in the step), and release their staging pages. A page missing a layer is never stored.
 
 Staging is bounded (``staging_mib``): loads go through it in chunks; saves beyond its size in
 one step are dropped (a future miss), keeping each request's pages a prefix.
@@ -25,13 +26,14 @@ from hicache_core.memory.host_pool import HostKVPool
 from hicache_vllm.layout import VllmKVLayout, blocks_to_staging, staging_to_blocks
 from hicache_vllm.plan import PageTransfer, StepPlan
 from hicache_vllm.store import GuardedStore
+from hicache_vllm.writer import PageWriter
 
 log = logging.getLogger(__name__)
 
 
 class WorkerSide:
     def __init__(self, layout: VllmKVLayout, kv_caches: dict[str, torch.Tensor], pool: HostKVPool,
-                 store: GuardedStore) -> None:
+                 store: GuardedStore, async_save: bool = True) -> None:
         self.layout = layout
         self.layers = [kv_caches[name] for name in layout.layer_names]
         self.layer_index = {name: i for i, name in enumerate(layout.layer_names)}
@@ -41,6 +43,7 @@ class WorkerSide:
         self._saves: list[tuple[str, int, int]] = []  # (hash, block id, staging page)
         self._saves_layers: set[int] = set()
         self._saves_plan: StepPlan | None = None
+        self.writer = PageWriter(store.save, self._free) if async_save else None
 
     # ------------------------------------------------------------------ staging pages
     def _alloc(self, pages: int) -> list[int]:
@@ -119,11 +122,26 @@ class WorkerSide:
         self._saves_plan = None
         if not self._saves:
             return
-        try:
-            if len(self._saves_layers) == len(self.layers):
-                self.store.save([h for h, _, _ in self._saves], [p for _, _, p in self._saves])
-        finally:
+        if len(self._saves_layers) != len(self.layers):  # a layer was not staged: store nothing
             self._drop_saves()
+            return
+        hashes, pages = [h for h, _, _ in self._saves], [p for _, _, p in self._saves]
+        self._saves, self._saves_layers = [], set()
+        if self.writer is not None:
+            self.writer.submit(hashes, pages)  # the writer releases the staging pages
+            return
+        try:
+            self.store.save(hashes, pages)
+        finally:
+            self._free(pages)
+
+    def flush(self, timeout_s: float | None = 30.0) -> bool:
+        """Wait until every page handed to the writer is stored (or failed)."""
+        return self.writer.flush(timeout_s) if self.writer is not None else True
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
     def _drop_saves(self) -> None:
         pages = [p for _, _, p in self._saves]

@@ -68,6 +68,9 @@ def run_phase(spec: dict, phase: dict) -> dict:
         llm.reset_prefix_cache()
         t = time.perf_counter()
         outs = llm.generate(prompts, params, use_tqdm=False)
+        for c in hc.INSTANCES:  # pages still on the writer thread are stored before the next run
+            if c.worker is not None:
+                c.worker.flush()
         runs.append({
             "seconds": time.perf_counter() - t,
             "tokens": [list(o.outputs[0].token_ids) for o in outs],

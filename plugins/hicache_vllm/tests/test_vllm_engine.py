@@ -88,6 +88,14 @@ def _same_as_baseline(run: dict[str, Any], baseline: dict[str, Any]) -> None:
     assert run["logprobs"] == baseline["logprobs"]  # bit-identical KV gives identical logits
 
 
+def _healthy(run: dict[str, Any]) -> None:
+    """Both roles attached, agree on the namespace, and saw no backend error."""
+    assert {c["role"] for c in run["connectors"]} == {"scheduler", "worker"}
+    for c in run["connectors"]:
+        assert c["last_error"] is None and c["store"]["errors"] == 0, c
+    assert len({c["namespace"] for c in run["connectors"]}) == 1
+
+
 def _role(run: dict[str, Any], role: str) -> dict[str, Any]:
     found = [c for c in run["connectors"] if c["role"] == role]
     assert len(found) == 1, run["connectors"]
@@ -97,6 +105,8 @@ def _role(run: dict[str, Any], role: str) -> dict[str, Any]:
 def test_prefix_from_l3_after_reset_same_tokens(engines: dict[str, Any]) -> None:
     base = engines["first"]["baseline"]["runs"][0]
     cold, warm = engines["first"]["file"]["runs"]
+    _healthy(cold)
+    _healthy(warm)
     assert cold["cached"] == [0, BLOCK * 2, 0, 0]  # prompt 2 shares prompt 1's pages in the same batch
     assert _role(cold, "worker")["store"]["save_pages"] == STORED_PAGES
     _same_as_baseline(cold, base)
@@ -124,6 +134,7 @@ def test_pages_are_namespaced_as_vllm_pages(engines: dict[str, Any]) -> None:
 def test_second_engine_process_hits_what_the_first_stored(engines: dict[str, Any]) -> None:
     base = engines["first"]["baseline"]["runs"][0]
     (run,) = engines["second"]["file"]["runs"]
+    _healthy(run)
     assert run["cached"] == L3_TOKENS  # a fresh process: nothing local, all from L3
     assert _role(run, "worker")["store"]["save_pages"] == 0  # nothing new to store
     _same_as_baseline(run, base)
@@ -134,8 +145,10 @@ def test_mooncake_shared_between_engine_processes(engines: dict[str, Any]) -> No
         pytest.skip("Mooncake cannot run on this machine (hicache_mooncake.probe)")
     base = engines["first"]["baseline"]["runs"][0]
     (stored,) = engines["first"]["mooncake"]["runs"]
+    _healthy(stored)
     assert _role(stored, "worker")["store"]["save_pages"] == STORED_PAGES
     (run,) = engines["second"]["mooncake"]["runs"]
+    _healthy(run)
     assert run["cached"] == L3_TOKENS
     _same_as_baseline(run, base)
 
