@@ -10,7 +10,8 @@ model get the same path rule for their declared ``path``-like options.
 
 Probe. After the host pool is registered, one page of random bytes is written under a key
 of the reserved namespace ``hicache-probe.`` (page keys are hex digests, so no real page can
-ever have that name), read back into another host page, compared, and deleted. A store that
+ever have that name; a fresh key each time), read back into another host page, compared, and
+deleted (where the store can delete). A store that
 cannot write (a read-only directory, a full store, a refusing server) is refused at attach
 with what failed, instead of accepting and then failing every backup.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import secrets
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -42,9 +44,10 @@ COMMON_KEYS: frozenset[str] = frozenset({
 
 
 def probe_key(rank: int = 0) -> str:
-    """One fixed key per rank: a store without ``delete`` keeps one probe page, not one per attach
-    (each probe writes fresh random bytes, so a stale page from an earlier probe cannot pass)."""
-    return f"{PROBE_KEY_PREFIX}r{rank}"
+    """A fresh key per probe. Not one fixed key: stores that keep the first page written under
+    a key (SGLang's HiCacheFile) would then answer an earlier probe's bytes. A store without
+    ``delete`` keeps one small probe page per attach."""
+    return f"{PROBE_KEY_PREFIX}r{rank}.{secrets.token_hex(6)}"
 
 
 def _is_path_name(name: str) -> bool:

@@ -47,3 +47,17 @@ def config_model_for(name: str) -> type | None:
         return None
     holder = type(f"{name}_config_holder", (), {"config_model": model})
     return holder
+
+
+def config_schema(name: str, cls: type | None = None) -> dict[str, object] | None:
+    """The JSON schema of ``name``'s extra config (its class's ``config_model``, else the core's), or None.
+
+    For ``hicache backends --json``: a listing can show it without creating the backend.
+    """
+    model = getattr(cls, "config_model", None) if cls is not None else None
+    if model is None:
+        model = FIRST_PARTY_MODELS.get(name)
+    if model is None or not hasattr(model, "model_json_schema"):
+        return None
+    schema: dict[str, object] = model.model_json_schema()
+    return schema
