@@ -150,7 +150,12 @@ def open_manager(ak: ModuleType, settings: AIBrixSettings, config: HiCacheStorag
 
 
 def close_manager(manager: Any, key: tuple[Any, ...] | None) -> None:
-    """Release a manager from ``open_manager``; the last user of a shared one closes it."""
+    """Release a manager from ``open_manager``; the last user of a shared one closes it.
+
+    AIBrix 0.8 leaves the manager's open files and event loops to the garbage collector
+    (reference cycles): drop every reference to it, then ``gc.collect()``, so a detach gives
+    them back at once rather than at some later collection.
+    """
     if key is not None:
         with _SHARED_LOCK:
             shared = _SHARED.get(key)

@@ -12,6 +12,7 @@ The data paths are ``blocks.BlockIO``; opening AIBrix is ``manager``.
 from __future__ import annotations
 
 import functools
+import gc
 import hashlib
 import logging
 import threading
@@ -137,8 +138,13 @@ class AIBrixStore(HiCacheStorage):
                 return
             self._closed = True
             manager, self._manager = self._manager, None
+            # No reference to the manager may outlive close(): its files go with it (see
+            # close_manager), even while the caller still holds this closed store.
+            self._blocks = None
         if manager is not None:
             close_manager(manager, self._manager_key)
+            del manager
+            gc.collect()  # AIBrix's files and event loops live in reference cycles
 
     def health_check(self) -> None:
         manager = self._require_manager()

@@ -40,26 +40,13 @@ class _AIBrixConformance(StorageConformanceTests):
         return _open
 
 
-class _SingleOpenerStore(_AIBrixConformance):
-    """RocksDB admits one process per directory: the kit's capability probe lets go of the store
-    before the kill -9 writer (another process) opens it. The check itself is the kit's."""
-
-    def test_persistent_after_kill_9(  # type: ignore[no-untyped-def]
-        self, backend_and_pool, connect, keys, open_backend, storage_config, make_pool, pool_shape
-    ) -> None:
-        backend_and_pool[0].close()
-        super().test_persistent_after_kill_9(
-            backend_and_pool, connect, keys, open_backend, storage_config, make_pool, pool_shape
-        )
-
-
 class TestAIBrixL1Memory(_AIBrixConformance):
     """AIBrix's in-memory cache alone (no L2 connector)."""
 
     extra = {"l2_backend": "none"}
 
 
-class TestAIBrixRocksDB(_SingleOpenerStore):
+class TestAIBrixRocksDB(_AIBrixConformance):
     """AIBrix L1 in front of its ROCKSDB connector in a temporary directory."""
 
     extra = {"l2_backend": "ROCKSDB"}
@@ -71,7 +58,7 @@ class TestAIBrixSHFS(_AIBrixConformance):
     extra = {"l2_backend": "SHFS"}
 
 
-class TestAIBrixRocksDBWithoutL1(_SingleOpenerStore):
+class TestAIBrixRocksDBWithoutL1(_AIBrixConformance):
     """The ROCKSDB connector alone: every read and write reaches RocksDB."""
 
     extra = {"l2_backend": "ROCKSDB", "l1_enabled": False}
@@ -83,7 +70,7 @@ class TestAIBrixSHFSWithoutL1(_AIBrixConformance):
     extra = {"l2_backend": "SHFS", "l1_enabled": False}
 
 
-class TestAIBrixThroughEntryPoint(_SingleOpenerStore):
+class TestAIBrixThroughEntryPoint(_AIBrixConformance):
     """The installed entry point (``create_backend('aibrix', ...)``), L1 with ROCKSDB, LCND blocks."""
 
     extra = {"l2_backend": "ROCKSDB", "block_layout": "LCND"}
