@@ -65,7 +65,7 @@ class MooncakeStore(HiCacheStorage):
         self.settings: MooncakeSettings = load_settings(extra)
         self.scheme = scheme_of(extra)
         self._is_mla = bool(self.config.is_mla_model)
-        # Validated before connecting: a sharding SGLang's names cannot separate is refused.
+        # Validated before connecting: what the sglang scheme does not implement (DCP, split heads).
         self._sglang: PageObjectNames | None = sglang_names(self.config) if self.scheme == "sglang" else None
         self._names = self._make_names()
         self._pieces: PagePieces | None = None

@@ -308,3 +308,18 @@ def test_batch_exists_stops_at_the_first_gap_across_chunks(open_store: Callable[
     assert store.batch_exists(keys[:5]) == 5
     assert store.batch_exists([]) == 0
     assert store.exists_many(keys)[MAX_BATCH_PAGES + 9 : MAX_BATCH_PAGES + 12] == [True, False, True]
+
+
+def test_many_layer_pieces_per_batch_are_split_into_calls_mooncake_takes(open_store: Callable[..., MooncakeStore]) -> None:
+    """layer_first objects are one buffer per layer: 128 pages x 2 objects x 40 layers is 10240
+    buffers, beyond what one Mooncake multi-buffer call moves over TCP (about 2048)."""
+    store = open_store()
+    pool = HostKVPool(2 * 128 * PAGE, PAGE, 40, 1, DIM, torch.bfloat16, "layer_first")
+    store.register_mem_pool_host(pool)
+    keys = _keys(128)
+    idx, expected = fill_random_pages(pool, 128, seed=13)
+    assert store.batch_set_v1(keys, idx) == [True] * 128, store.get_stats()["errors"]
+    dest = pool.alloc(128 * PAGE)
+    assert dest is not None
+    assert store.batch_get_v1(keys, dest) == [True] * 128, store.get_stats()["errors"]
+    assert read_page_bytes(pool, dest) == expected
