@@ -5,7 +5,8 @@ class does (read from its source, each flag exercised by tests/sglang_real), so 
 conformance kit runs the checks those capabilities enable instead of skipping them. A class
 whose single-page ``get``/``set`` take host-memory pointers (Mooncake's) serves hicache's
 flat-page calls through its own zero-copy ``batch_get_v1``/``batch_set_v1`` on a staging page
-of the registered host pool (``flat_pages_via_v1``).
+of the registered host pool (``flat_pages_via_v1``). A class whose v1 read fails a whole batch
+for one missing page (NIXL's) is asked which pages exist first (``v1_reads_present_only``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ class KnownSGLangClass:
     capabilities: Capabilities
     #: get/set take pointers, not flat tensors: serve flat pages through the class's v1 methods.
     flat_pages_via_v1: bool = False
+    #: Its batch_get_v1 fails the whole batch when one page is missing: ask which exist first.
+    v1_reads_present_only: bool = False
 
 
 KNOWN_SGLANG_CLASSES: dict[str, KnownSGLangClass] = {
@@ -32,6 +35,11 @@ KNOWN_SGLANG_CLASSES: dict[str, KnownSGLangClass] = {
     "sglang.srt.mem_cache.storage.mooncake_store.mooncake_store.MooncakeStore": KnownSGLangClass(
         Capabilities(zero_copy_v1=True, clear=True, shared=True, requires_page_layout=True, mla=True),
         flat_pages_via_v1=True,
+    ),
+    # NIXL plugins (POSIX files here); v1 only: its get/set raise "deprecated; use batch_get_v1".
+    "sglang.srt.mem_cache.storage.nixl.hicache_nixl.HiCacheNixl": KnownSGLangClass(
+        Capabilities(zero_copy_v1=True, clear=True, persistent=True, mla=True),
+        flat_pages_via_v1=True, v1_reads_present_only=True,
     ),
 }
 

@@ -138,6 +138,7 @@ class DuckTypedBackend(HiCacheStorage):
         # SGLang's own classes hicache knows (hicache_core.compat.sglang_known): what they can
         # do, and whether their get/set take pointers (then flat pages go through their v1).
         self._flat_via_v1 = bool(known and known.flat_pages_via_v1)
+        self._v1_reads_present_only = bool(known and known.v1_reads_present_only)
         interface_v1 = interface_v1 or bool(known and known.capabilities.zero_copy_v1)
         # A get/batch_get whose target is a required argument (SGLang's HiCacheFile) is handed
         # a staging page of the host pool when the caller gives none.
@@ -372,11 +373,32 @@ class DuckTypedBackend(HiCacheStorage):
         if not keys:
             return []
         if self._native_v1:
+            if self._v1_reads_present_only:
+                return self._get_v1_present(keys, host_indices, extra_info)
             result = self.inner.batch_get_v1(self._ks(keys), host_indices, _info(extra_info))
             checked = self._check_v1("batch_get_v1", result, len(keys))
             if checked is not None:
                 return checked
         return super().batch_get_v1(keys, host_indices, extra_info)
+
+    def _get_v1_present(self, keys: list[str], host_indices: torch.Tensor,
+                        extra_info: HiCacheStorageExtraInfo | None) -> list[bool]:
+        """For a class whose v1 read fails the whole batch when one page is missing: read only
+        the pages it has, so each page's answer is its own."""
+        pool = self.mem_pool_host
+        page = int(pool.page_size) if pool is not None else len(host_indices) // len(keys)
+        present = [i for i, k in enumerate(keys) if self.exists(k)]
+        out = [False] * len(keys)
+        if not present:
+            return out
+        idx = torch.as_tensor(host_indices).reshape(len(keys), page)[present].flatten()
+        result = self.inner.batch_get_v1(self._ks([keys[i] for i in present]), idx, _info(extra_info))
+        checked = self._check_v1("batch_get_v1", result, len(present))
+        if checked is None:
+            return super().batch_get_v1(keys, host_indices, extra_info)
+        for i, hit in zip(present, checked):
+            out[i] = hit
+        return out
 
     def batch_set_v1(self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None) -> list[bool]:
         if not keys:

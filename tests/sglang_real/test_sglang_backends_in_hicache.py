@@ -1,11 +1,12 @@
 """SGLang 0.5.23's own storage classes inside hicache, loaded the way an SGLang user names them.
 
 ``hicache check dynamic`` (the whole conformance kit, in a child process, as an author runs it)
-passes on SGLang's ``HiCacheFile`` and on SGLang's ``MooncakeStore`` against a real Mooncake
-master and storage node on 127.0.0.1. What those classes cannot do themselves is adapted in
+passes on SGLang's ``HiCacheFile``, on SGLang's ``MooncakeStore`` against a real Mooncake
+master and storage node on 127.0.0.1, and on SGLang's ``HiCacheNixl`` with NIXL's POSIX plugin. What those classes cannot do themselves is adapted in
 ``hicache_core.plugins.adapter`` (never by skipping a check): ``HiCacheFile.get`` without a
 target gets a staging page of the host pool; Mooncake's pointer-form ``get``/``set`` are served
-through its own zero-copy ``batch_get_v1``/``batch_set_v1``; both are handed SGLang's own
+(and NIXL's deprecated ones) are served through their own zero-copy ``batch_get_v1``/
+``batch_set_v1``, and NIXL's all-or-nothing v1 read is asked per present page; all are handed SGLang's own
 ``HiCacheStorageConfig`` and store pages under hicache's key namespace (dtype, layout,
 geometry, shard), so a page of another format is a miss. ``hicache serve`` runs SGLang's
 ``HiCacheFile`` as its L3 and serves a replayed trace from it across a node restart.
@@ -65,6 +66,21 @@ def test_hicache_check_passes_on_sglang_hicachefile(tmp_path: Path) -> None:
 def test_hicache_check_passes_on_sglang_mooncake_store(mooncake_cluster: Any) -> None:
     extra = {**SGLANG_MOONCAKE, **mooncake_cluster.extra_config()}
     stdout = hicache_check(extra, env=MOONCAKE_ENV, timeout=900)
+    assert "dynamic conforms" in stdout and " failed" not in stdout
+
+
+def test_hicache_check_passes_on_sglang_nixl_store(tmp_path: Path) -> None:
+    """SGLang's ``HiCacheNixl`` with NIXL's POSIX plugin (files under tmp_path), which SGLang
+    configures through its environment variables."""
+    import importlib.util
+
+    if importlib.util.find_spec("nixl") is None:
+        pytest.skip("the nixl package is not installed (scripts/setup.sh --all installs it)")
+    extra = {"backend_name": "sglang_nixl", "module_path": "sglang.srt.mem_cache.storage.nixl.hicache_nixl",
+             "class_name": "HiCacheNixl", "use_direct_io": False}
+    env = {"SGLANG_HICACHE_NIXL_BACKEND_STORAGE_DIR": str(tmp_path / "nixl"),
+           "SGLANG_HICACHE_NIXL_BACKEND_PLUGIN": "POSIX"}
+    stdout = hicache_check(extra, env=env)
     assert "dynamic conforms" in stdout and " failed" not in stdout
 
 
