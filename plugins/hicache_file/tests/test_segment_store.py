@@ -332,3 +332,13 @@ def test_path_precedence(tmp_path: Path) -> None:
     assert SegmentSettings.from_extra({"file_storage_path": str(tmp_path / "sgl")}, env).path == str(tmp_path / "sgl")
     assert SegmentSettings.from_extra({"path": str(tmp_path / "p"), "file_storage_path": "x"}, env).path == str(tmp_path / "p")
     assert SegmentSettings.from_extra({}, env).path == str(tmp_path / "env")
+
+
+def test_config_model_refuses_unknown_keys_and_bad_values() -> None:
+    from pydantic import ValidationError
+
+    model: Any = SegmentStore.config_model
+    model.model_validate({"path": "/x", "scheme": "segment", "verify": "always", "segment_bytes": "8MiB"})
+    for bad in ({"segmnet_bytes": 1}, {"verify": "never"}, {"scheme": "pagefile"}):
+        with pytest.raises(ValidationError):
+            model.model_validate(bad)

@@ -118,3 +118,48 @@ def _size(extra: Mapping[str, Any], key: str, default: int | None) -> int | None
     if size <= 0:
         raise BackendConfigError(f"file backend (segment): '{key}' must be positive, got {value!r}")
     return size
+
+
+def config_model() -> type:
+    """The pydantic model of the segment scheme's extra-config keys (the controller refuses
+    unknown keys and wrong types at attach with it). Built on first use: pydantic is not
+    imported by this module."""
+    global _MODEL
+    if _MODEL is None:
+        from pydantic import BaseModel, ConfigDict, Field
+        from pydantic.config import JsonDict
+
+        public: JsonDict = {"public": True}
+
+        class SegmentConfig(BaseModel):
+            """The file backend's ``segment`` scheme."""
+
+            model_config = ConfigDict(extra="forbid")
+
+            path: str | None = Field(None, description="directory (absolute); segments under <path>/segments/",
+                                     json_schema_extra=public)
+            file_storage_path: str | None = Field(None, description="SGLang's name of 'path'", json_schema_extra=public)
+            scheme: str | None = Field(None, pattern="^segment$", description="'segment'", json_schema_extra=public)
+            max_bytes: int | str | None = Field(None, description="size bound per namespace ('64GiB' accepted)",
+                                                json_schema_extra=public)
+            max_pages: int | None = Field(None, ge=1, description="page-count bound per namespace",
+                                          json_schema_extra=public)
+            fsync: bool | int | str | None = Field(None, description="flush pages and journal before a set returns",
+                                                   json_schema_extra=public)
+            io_threads: int | None = Field(None, ge=1, le=64, description="threads per batch (pages >= 256 KiB)",
+                                           json_schema_extra=public)
+            segment_bytes: int | str | None = Field(None, description="target segment file size (default 64MiB)",
+                                                    json_schema_extra=public)
+            chunk_bytes: int | str | None = Field(None, description="bytes per preadv/pwritev (default 1MiB)",
+                                                  json_schema_extra=public)
+            verify: str | None = Field(None, pattern="^(first|always)$",
+                                       description="page checksum on first read per process, or always",
+                                       json_schema_extra=public)
+            max_open_segments: int | None = Field(None, ge=4, description="open segment files kept per namespace")
+            preallocate: bool | int | str | None = Field(None, description="fallocate new segments (default true)")
+
+        _MODEL = SegmentConfig
+    return _MODEL
+
+
+_MODEL: type | None = None

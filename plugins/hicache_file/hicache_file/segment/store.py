@@ -21,7 +21,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import xxhash
@@ -32,7 +32,7 @@ from hicache_core.spec.errors import BackendConfigError, HiCacheError
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_file.plugin import CAPABILITIES
 from hicache_file.segment.batch import ReadItem, WriteItem, plan_reads, read_chunk, read_chunks, write_chunk
-from hicache_file.segment.config import SegmentSettings
+from hicache_file.segment.config import SegmentSettings, config_model
 from hicache_file.segment.format import HEADER_SIZE
 from hicache_file.segment.index import Segment
 from hicache_file.segment.namespace import Namespace
@@ -65,6 +65,8 @@ class SegmentStore(HiCacheStorage):
 
     contract_version = "1.0"
     capabilities = CAPABILITIES
+    #: The extra-config schema the controller checks an attach against (``config.config_model``).
+    config_model: ClassVar[type] = config_model()
 
     def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(config)
