@@ -5,10 +5,12 @@ Run with the vLLM venv's python (``bash scripts/setup-vllm.sh`` builds it):
     .venv-vllm/bin/python plugins/hicache_vllm/bench/bench_ttft.py [--backend file]
         [--backend-config '{"path": "/tmp/hicache-vllm-bench"}'] [--lengths 512,1024,2048,4096]
 
-For each prompt length it measures, on fresh random prompts and with vLLM's prefix cache reset
-before every request (``max_tokens=1``, so the wall time of ``generate`` is the TTFT):
+For each prompt length it measures, on random prompts, with vLLM's prefix cache reset before
+every request (``max_tokens=1``, so the wall time of ``generate`` is the TTFT), interleaved in
+one engine with the connector:
 
-- ``no connector``: an engine without hicache (the floor without L3);
+- ``no L3``: a request that opts out of L3 (``kv_transfer_params`` ``{"hicache": {"load":
+  false, "save": false}}``): what the engine does without an L3;
 - ``L3 miss``: the connector engine on a prompt L3 does not hold (it computes and stores; the
   ``L3 save`` column is the time in the backend's ``batch_set_v1``, on the writer thread unless
   ``--sync-save``);
@@ -49,14 +51,17 @@ def write_model(path: str, layers: int, hidden: int, heads: int, kv_heads: int, 
     LlamaForCausalLM(cfg).save_pretrained(path)
 
 
-def ttft(llm, prompt: list[int]) -> float:
+def ttft(llm, prompt: list[int], l3: bool = True) -> float:
+    """Wall time of one request with max_tokens=1 after a prefix-cache reset; ``l3=False``
+    opts the request out of L3 loads and saves (the engine without an L3)."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
+    extra = None if l3 else {"kv_transfer_params": {"hicache": {"load": False, "save": False}}}
+    params = SamplingParams(max_tokens=1, temperature=0.0, detokenize=False, extra_args=extra)
     llm.reset_prefix_cache()
     t = time.perf_counter()
-    llm.generate([TokensPrompt(prompt_token_ids=prompt)], SamplingParams(max_tokens=1, temperature=0.0,
-                 detokenize=False), use_tqdm=False)
+    llm.generate([TokensPrompt(prompt_token_ids=prompt)], params, use_tqdm=False)
     return time.perf_counter() - t
 
 
@@ -90,6 +95,7 @@ def main() -> None:
 
     rng = random.Random(0)
     prompts = {n: [[rng.randrange(3, 4096) for _ in range(n)] for _ in range(args.reps)] for n in lengths}
+    fresh = {n: [[rng.randrange(3, 4096) for _ in range(n)] for _ in range(args.reps)] for n in lengths}
     common = dict(model=model, skip_tokenizer_init=True, dtype="float32", max_model_len=max_len,
                   enforce_eager=True, seed=0)
 
@@ -103,12 +109,6 @@ def main() -> None:
                 next(c for c in hc.INSTANCES if c.worker is not None).worker.flush()
                 ttft(llm, p)
 
-    llm = LLM(**common)
-    warm_up(llm, hits=False)
-    base = {n: statistics.median(ttft(llm, p) for p in prompts[n]) for n in lengths}
-    del llm
-    gc.collect()
-
     ktc = KVTransferConfig(kv_connector="HiCacheConnector", kv_role="kv_both", kv_connector_extra_config={
         "backend": args.backend, "backend_config": backend_config, "async_save": not args.sync_save})
     llm = LLM(**common, kv_transfer_config=ktc)
@@ -116,8 +116,10 @@ def main() -> None:
     warm_up(llm, hits=True)
     rows = []
     for n in lengths:
-        miss, hit, loaded, load_us, save_us = [], [], 0, 0, 0
-        for p in prompts[n]:
+        off, miss, hit, loaded, load_us, save_us = [], [], [], 0, 0, 0
+        for p, q in zip(prompts[n], fresh[n]):
+            # Interleaved, so the load of a shared machine weighs on all three alike.
+            off.append(ttft(llm, q, l3=False))
             saved_before = worker.store.counters["save_us"]
             miss.append(ttft(llm, p))
             worker.worker.flush()  # the miss's pages are written off the step; wait before the hit
@@ -126,7 +128,7 @@ def main() -> None:
             hit.append(ttft(llm, p))
             loaded += worker.store.counters["load_pages"] - before["load_pages"]
             load_us += worker.store.counters["load_us"] - before["load_us"]
-        rows.append((n, base[n], statistics.median(miss), statistics.median(hit), loaded // len(prompts[n]),
+        rows.append((n, statistics.median(off), statistics.median(miss), statistics.median(hit), loaded // len(prompts[n]),
                      save_us / len(prompts[n]) / 1e3, load_us / len(prompts[n]) / 1e3, loaded * worker.layout.page_bytes / max(load_us, 1) * 1e6 / 2**30))
     layout, config = worker.layout, worker.store.config
     del llm
@@ -151,7 +153,7 @@ def main() -> None:
     print(f"\nvLLM {__import__('vllm').__version__} CPU, model: {args.layers} layers, {args.kv_heads} KV heads x "
           f"{layout.head_size}, fp32; page = {layout.block_size} tokens = {kib} KiB; backend {args.backend!r}; "
           f"median of {args.reps}")
-    print(f"{'prompt':>7} {'no connector':>13} {'L3 miss':>10} {'L3 hit':>10} {'hit/none':>9} {'pages':>6} "
+    print(f"{'prompt':>7} {'no L3':>13} {'L3 miss':>10} {'L3 hit':>10} {'hit/none':>9} {'pages':>6} "
           f"{'L3 save':>9} {'L3 load':>9} {'L3 read in engine':>18}")
     for n, b, m, h, pg, sms, lms, bw in rows:
         print(f"{n:>7} {b * 1e3:>10.1f} ms {m * 1e3:>7.1f} ms {h * 1e3:>7.1f} ms {h / b:>8.2f}x {pg:>6} "

@@ -8,7 +8,8 @@
   by the end of this step (prompt and output alike) that L3 is not known to hold yet.
 
 Requests whose KV depends on more than their token ids are left alone (multimodal inputs,
-prompt embeddings, LoRA adapters): their pages have no key that names them.
+prompt embeddings, LoRA adapters): their pages have no key that names them. A request can opt
+out of loads or saves through ``kv_transfer_params`` (``request_opts``).
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ def cacheable(request: Any) -> bool:
     )
 
 
+def request_opts(request: Any) -> dict[str, bool]:
+    """Per-request switches: ``SamplingParams(extra_args={"kv_transfer_params": {"hicache":
+    {"load": false, "save": false}}})`` (both default true)."""
+    params = getattr(request, "kv_transfer_params", None) or {}
+    opts = params.get("hicache") if isinstance(params, dict) else None
+    opts = opts if isinstance(opts, dict) else {}
+    return {"load": opts.get("load", True) is not False, "save": opts.get("save", True) is not False}
+
+
 class SchedulerSide:
     def __init__(self, store: GuardedStore | None, block_size: int, load: bool = True, save: bool = True) -> None:
         self.store = store
@@ -71,7 +81,7 @@ class SchedulerSide:
         return extend_hashes(tracked.hashes, request.all_token_ids, self.block_size, pages, tracked.seed)
 
     def num_new_matched_tokens(self, request: Any, num_computed_tokens: int) -> tuple[int, bool]:
-        if not self.load_enabled or not cacheable(request):
+        if not self.load_enabled or not cacheable(request) or not request_opts(request)["load"]:
             return 0, False
         B = self.block_size
         first = num_computed_tokens // B
@@ -86,10 +96,10 @@ class SchedulerSide:
 
     def after_alloc(self, request: Any, block_ids: list[int], num_external_tokens: int) -> None:
         req_id = request.request_id
+        if not cacheable(request):
+            return
         tracked = self._tracked.get(req_id)
         if tracked is None:
-            if not cacheable(request):
-                return
             tracked = _Tracked(request, request_seed(getattr(request, "cache_salt", None)))
             self._tracked[req_id] = tracked
         tracked.request = request
@@ -97,14 +107,15 @@ class SchedulerSide:
         first, _ = self._lookups.pop(req_id, (request.num_computed_tokens // self.block_size, 0))
         pages = num_external_tokens // self.block_size
         tracked.saved_upto = max(tracked.saved_upto, first + pages)
-        if pages <= 0:
-            return
-        hashes = self._hashes(request, first + pages)
-        self._pending_loads[req_id] = PageTransfer(
-            req_id, hashes[first : first + pages], tracked.block_ids[first : first + pages]
-        )
-        self.hit_tokens[req_id] = self.hit_tokens.get(req_id, 0) + pages * self.block_size
-        self.hit_tokens_total += pages * self.block_size
+        if pages > 0:
+            hashes = self._hashes(request, first + pages)
+            self._pending_loads[req_id] = PageTransfer(
+                req_id, hashes[first : first + pages], tracked.block_ids[first : first + pages]
+            )
+            self.hit_tokens[req_id] = self.hit_tokens.get(req_id, 0) + pages * self.block_size
+            self.hit_tokens_total += pages * self.block_size
+        if not request_opts(request)["save"]:
+            del self._tracked[req_id]  # untracked requests are never saved
 
     # ------------------------------------------------------------------ each step
     def build(self, scheduler_output: Any) -> StepPlan:

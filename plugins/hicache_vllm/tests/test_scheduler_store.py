@@ -155,3 +155,21 @@ def test_bad_extra_config_says_what_to_write(extra: dict[str, Any], why: str) ->
         ConnectorSettings.from_extra(extra)
     ok = ConnectorSettings.from_extra({"backend": "file", "backend_config": {"path": "/x"}, "save": "false"})
     assert ok.backend == "file" and ok.backend_config == {"path": "/x"} and not ok.save
+
+
+def test_a_request_can_opt_out_of_loads_and_saves(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    tokens = list(range(2 * B + 1))
+    store.save(page_hashes(tokens, B), [0, 1])
+    side = SchedulerSide(store, B)
+    no_load = _request(tokens, "r1")
+    no_load.kv_transfer_params = {"hicache": {"load": False}}
+    assert side.num_new_matched_tokens(no_load, 0) == (0, False)
+    no_save = _request(list(range(50, 50 + 2 * B)), "r2")
+    no_save.kv_transfer_params = {"hicache": {"save": False}}
+    side.after_alloc(no_save, [3, 4], 0)
+    new = SimpleNamespace(req_id="r2", block_ids=([3, 4],), num_computed_tokens=0)
+    plan = side.build(SimpleNamespace(num_scheduled_tokens={"r2": 2 * B}, scheduled_new_reqs=[new],
+                                      scheduled_cached_reqs=SimpleNamespace(req_ids=[], new_block_ids=[],
+                                                                            num_computed_tokens=[])))
+    assert plan.saves == []
