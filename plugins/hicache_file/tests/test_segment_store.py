@@ -342,3 +342,15 @@ def test_config_model_refuses_unknown_keys_and_bad_values() -> None:
     for bad in ({"segmnet_bytes": 1}, {"verify": "never"}, {"scheme": "pagefile"}):
         with pytest.raises(ValidationError):
             model.model_validate(bad)
+
+
+def test_set_of_a_stored_page_refreshes_it_without_a_rewrite(open_store: Open) -> None:
+    store, pool = open_store(max_pages=8)
+    assert put(store, pool, seed=120, n=4) == [True] * 4
+    assert put(store, pool, seed=121, n=4) == [True] * 4
+    writes = store.get_stats()["writes"]
+    assert put(store, pool, seed=120, n=4) == [True] * 4  # offered again: used, not rewritten
+    assert store.get_stats()["writes"] == writes and store.get_stats()["unchanged"] == 4
+    assert put(store, pool, seed=122, n=4) == [True] * 4
+    assert read_ok(store, pool, 121, 4) == [False] * 4
+    assert read_ok(store, pool, 120, 4) == [True] * 4

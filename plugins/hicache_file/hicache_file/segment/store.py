@@ -219,15 +219,20 @@ class SegmentStore(HiCacheStorage):
         same: list[tuple[int, int]] = []
         with ns.lock:
             entries = ns.index.entries
+            stored: dict[int, Segment] = {}
             for i, key in enumerate(hashes):
                 if key in entries:
                     out[i] = True
                     stats["unchanged"] += 1
+                    where = ns.index.locate(key)
+                    if where is not None:
+                        stored[where[0].slot] = where[0]
                 elif key in first:
                     same.append((i, first[key]))
                 else:
                     first[key] = i
                     todo.setdefault(lengths[i], []).append((i, key, sources[i]))
+            ns.touch(stored.values())  # a page offered again is in use: its segment is recent
         for length, group in todo.items():
             retry: list[WriteItem] = []
             for i, ok in self._write_group(ns, group, length, stats):
