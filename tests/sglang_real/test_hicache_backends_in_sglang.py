@@ -221,3 +221,39 @@ def test_pages_written_inside_sglang_are_hits_for_a_hicache_node(tmp_path: Any,
     # another byte order (page_head) never reads them as its KV
     other, opool = hicache_node_pool("page_head")
     assert other.batch_get_v1(ks, opool.alloc(3 * opool.page_size)) == [False] * 3
+
+
+def test_v2_sidecar_pool_through_the_bridge(bridge_extra: Callable[..., dict[str, Any]], opened: list[Any]) -> None:
+    """A sidecar pool registered as SGLang registers one (``register_mem_host_pool_v2`` with
+    SGLang's ``PoolName.MAMBA``), moved with SGLang's ``PoolTransfer`` and ``trailing_pages``:
+    stored beside the KV pages, found by ``batch_exists_v2``, read back byte-equal. The sidecar
+    here is hicache's ``HostStatePool`` (SGLang's own Mamba host pool is not built here)."""
+    from sglang.srt.mem_cache.hicache_storage import PoolHitPolicy
+
+    from hicache_core.memory.state_pool import HostStatePool
+
+    backend, pool = sglang_create("mha", "page_first", bridge_extra("file"), opened)
+    state = HostStatePool(16, (3, 5), dtype=torch.float32)
+    backend.register_mem_host_pool_v2(pool, PoolName.KV)
+    backend.register_mem_host_pool_v2(state, PoolName.MAMBA)
+    backend.on_host_pools_registered()
+    ks = keys_for("mamba", 3)
+    idx, expected = fill_pages(pool, 3, seed=41)
+    st_idx = state.alloc(3)
+    state.kv_buffer[st_idx] = torch.randn(3, 15)
+    want_states = state.kv_buffer[st_idx].clone()
+    wrote = backend.batch_set_v2([
+        PoolTransfer(name=PoolName.KV, host_indices=idx, keys=ks),
+        PoolTransfer(name=PoolName.MAMBA, host_indices=st_idx, keys=ks, hit_policy=PoolHitPolicy.TRAILING_PAGES),
+    ])
+    assert wrote == {PoolName.KV: [True] * 3, PoolName.MAMBA: [True] * 3}
+    found = backend.batch_exists_v2(ks, [PoolTransfer(name=PoolName.MAMBA, keys=ks[-1:],
+                                                      hit_policy=PoolHitPolicy.TRAILING_PAGES)])
+    assert isinstance(found, PoolTransferResult) and found.kv_hit_pages == 3
+    dest, st_dest = pool.alloc(3 * pool.page_size), state.alloc(3)
+    got = backend.batch_get_v2([
+        PoolTransfer(name=PoolName.KV, host_indices=dest, keys=ks),
+        PoolTransfer(name=PoolName.MAMBA, host_indices=st_dest, keys=ks, hit_policy=PoolHitPolicy.TRAILING_PAGES),
+    ])
+    assert got == {PoolName.KV: [True] * 3, PoolName.MAMBA: [True] * 3}
+    assert read_pages(pool, dest) == expected and torch.equal(state.kv_buffer[st_dest], want_states)
