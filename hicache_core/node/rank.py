@@ -67,6 +67,7 @@ class CacheRank(RankEviction, RankBackups):
         self.l2 = TierIndex("host", host_pool.page_num)
         self.counters = RankCounters()
         self._synced_epoch = controller.storage_epoch  # the storage epoch L2 was last re-synced to
+        self._resync_after = 0.0  # no re-sync sweep before this (monotonic), after failed backups
         # The backend name, kept here so that requests never wait on the controller's admin
         # lock (held for the whole of an attach or detach).
         self.backend_name: str | None = None

@@ -6,7 +6,9 @@ the controller (``controller.storage_epoch``): every new backend instance (an at
 switch, the breaker's re-attach) starts a new epoch, because what the old one held may be
 gone (a Mooncake master restart loses every object). After an epoch change the rank backs up
 again every L2 page that its write policy would have backed up (``resync``), so L3 holes
-left by a restart are filled instead of staying holes for good.
+left by a restart are filled instead of staying holes for good. Pages whose backup was not
+stored (a failed call, a full store, a full queue) are swept again the same way, no sooner
+than ``RETRY_AFTER_S`` later.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from hicache_core.node.tiers import TierIndex
 
 #: Pages queued per re-sync sweep (the rest follow on later requests: never a burst).
 RESYNC_CHUNK_PAGES = 1024
+#: After a backup that did not store every page (a failed call, a full store, a full queue),
+#: the pages are tried again by a sweep no sooner than this.
+RETRY_AFTER_S = 1.0
 
 
 class RankBackups:
@@ -37,6 +42,7 @@ class RankBackups:
     _done: queue.SimpleQueue[tuple[list[str], int, list[bool]]]
     _inflight_pages: int
     _synced_epoch: int
+    _resync_after: float
 
     @property
     def storage_epoch(self) -> int:
@@ -50,12 +56,16 @@ class RankBackups:
     def resync(self) -> int:
         """Back up again the L2 pages the write policy keeps in L3 but the current epoch lacks.
 
-        Runs on the request path (rank lock held) while the epoch is not yet synced; queues
-        at most ``RESYNC_CHUNK_PAGES`` per call. Returns how many pages it queued.
+        Runs on the request path (rank lock held) while the epoch is not yet synced, and once
+        a retry of failed backups is due; queues at most ``RESYNC_CHUNK_PAGES`` per call.
+        Returns how many pages it queued.
         """
         epoch = self.storage_epoch
-        if epoch == self._synced_epoch or not self.controller.attached:
+        retry_due = self._resync_after > 0 and time.monotonic() >= self._resync_after
+        if (epoch == self._synced_epoch and not retry_due) or not self.controller.attached:
             return 0
+        if retry_due:
+            self._resync_after = 0.0
         policy = self.controller.write_policy
         if policy == "write_back":  # pages go down on eviction; _make_host_room sees the new epoch
             self._synced_epoch = epoch
@@ -133,6 +143,8 @@ class RankBackups:
                         self.counters.bytes_stored += self.page_bytes
                     else:
                         self.counters.backup_pages_failed += 1
+                        if not self._resync_after:  # sweep again, later: the page stays in L2 meanwhile
+                            self._resync_after = time.monotonic() + RETRY_AFTER_S
                     if entry.evict_when_backed_up and entry.backups == 0 and entry.refs == 0:
                         self.l2.remove(h)
                         freed.append(entry.slot)
