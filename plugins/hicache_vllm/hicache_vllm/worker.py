@@ -92,8 +92,7 @@ class WorkerSide:
     def _begin_saves(self, saves: list[PageTransfer]) -> None:
         self._drop_saves()
         wanted = [(h, b) for t in saves for h, b in zip(t.hashes, t.block_ids)]
-        seen: set[str] = set()
-        unique = [(h, b) for h, b in wanted if not (h in seen or seen.add(h))]
+        unique = list(dict(wanted).items())  # one page per hash: same tokens, same KV in any block
         # Keep room for loads: at most half the staging pool goes to one step's saves.
         room = max(0, min(len(unique), self.pool.page_num // 2, self.pool.available_size() // self.pool.page_size))
         pages = self._alloc(room)
