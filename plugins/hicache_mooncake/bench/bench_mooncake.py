@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 from hicache_mooncake.cluster import LocalMooncakeCluster
+from hicache_mooncake.objects import objects_per_call
 from hicache_mooncake.store import MooncakeStore
 from rich.console import Console
 from rich.progress import Progress
@@ -110,8 +111,17 @@ def bench_page(store_cfg: HiCacheStorageConfig, label: str, rounds: int, batch: 
         assert pieces is not None
         src_plan, dst_plan = pieces.plan(src), pieces.plan(dst)
         multi = not isinstance(src_plan.ptrs[0], int)
-        put_op = raw.batch_put_from_multi_buffers if multi else raw.batch_put_from
-        get_op = raw.batch_get_into_multi_buffers if multi else raw.batch_get_into
+        # The same calls the plugin makes: multi-buffer batches split as it splits them.
+        step = objects_per_call(src_plan.ptrs, len(src_plan.ptrs))
+        put_one = raw.batch_put_from_multi_buffers if multi else raw.batch_put_from
+        get_one = raw.batch_get_into_multi_buffers if multi else raw.batch_get_into
+
+        def put_op(keys: list[str], ptrs: list[Any], sizes: list[Any]) -> list[int]:
+            return [rc for i in range(0, len(keys), step) for rc in put_one(keys[i : i + step], ptrs[i : i + step], sizes[i : i + step])]
+
+        def get_op(keys: list[str], ptrs: list[Any], sizes: list[Any]) -> list[int]:
+            return [rc for i in range(0, len(keys), step) for rc in get_one(keys[i : i + step], ptrs[i : i + step], sizes[i : i + step])]
+
         src_ptrs, dst_ptrs, sizes = src_plan.ptrs, dst_plan.ptrs, src_plan.sizes
         want = [src_plan.object_nbytes] * len(sizes)
         nbytes = batch * pool.page_bytes

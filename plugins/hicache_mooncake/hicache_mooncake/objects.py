@@ -49,7 +49,7 @@ def _multi(ptrs: Ptrs) -> bool:
     return bool(ptrs) and not isinstance(ptrs[0], int)
 
 
-def _step(ptrs: Ptrs, step: int) -> int:
+def objects_per_call(ptrs: Ptrs, step: int) -> int:
     """Objects per call: ``step``, fewer when each object is many buffers."""
     if not _multi(ptrs):
         return step
@@ -127,7 +127,7 @@ class ObjectClient:
         """Per object: stored, or already there (Mooncake keeps the first value of a key)."""
         op = "batch_put_from_multi_buffers" if _multi(ptrs) else "batch_put_from"
         ok: list[bool] = []
-        step = _step(ptrs, self.step)
+        step = objects_per_call(ptrs, self.step)
         for i in range(0, len(keys), step):
             chunk = keys[i : i + step]
             rcs = self.call(op, len(chunk), list(chunk), list(ptrs[i : i + step]), list(sizes[i : i + step]))
@@ -140,7 +140,7 @@ class ObjectClient:
         """Per object: exactly ``nbytes[i]`` bytes were read (a miss is not counted as an error)."""
         op = "batch_get_into_multi_buffers" if _multi(ptrs) else "batch_get_into"
         ok: list[bool] = []
-        step = _step(ptrs, self.step)
+        step = objects_per_call(ptrs, self.step)
         for i in range(0, len(keys), step):
             want = nbytes[i : i + step]
             rcs = self.call(op, len(want), list(keys[i : i + step]), list(ptrs[i : i + step]), list(sizes[i : i + step]))
