@@ -25,16 +25,6 @@ def _extra(prefix: Path, **more: object) -> dict[str, object]:
 class TestHf3fsInProcessMetadata(StorageConformanceTests):
     """In-process metadata (one process per file), backend constructed directly."""
 
-    def test_persistent_after_kill_9(  # type: ignore[no-untyped-def]
-        self, backend_and_pool, connect, keys, open_backend, storage_config, make_pool, pool_shape
-    ) -> None:
-        # One process per rank file (flock): the kit's capability probe lets go of the file
-        # before the kill -9 writer (another process) opens it. The check itself is the kit's.
-        backend_and_pool[0].close()
-        super().test_persistent_after_kill_9(
-            backend_and_pool, connect, keys, open_backend, storage_config, make_pool, pool_shape
-        )
-
     @pytest.fixture
     def storage_config(self, tmp_path: Path) -> HiCacheStorageConfig:
         return HiCacheStorageConfig(model_name="conformance-model", extra_config=_extra(tmp_path / "kv"))
