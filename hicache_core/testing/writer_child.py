@@ -61,9 +61,12 @@ class WriterChild:
             if pred(report):
                 return report
         deadline = time.monotonic() + timeout
+        # poll, not select: a test process with many open descriptors (RocksDB, io_uring...)
+        # hands out fd numbers past select's 1024 limit.
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN | select.POLLHUP)
         while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([self.fd], [], [], left)
-            if not ready:
+            if not poller.poll(left * 1000):
                 break
             chunk = os.read(self.fd, 65536)
             if not chunk:
