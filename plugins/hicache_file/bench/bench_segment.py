@@ -116,7 +116,7 @@ class Contender:
     files: Callable[[], list[str]]
     #: Untimed work before each set (the one-file limit's fresh preallocated file).
     prepare: Callable[[], None] | None = None
-    times: dict[str, list[float]] = field(default_factory=dict)
+    times: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
 def build(label: str, root: str, sgl: tuple[Any, Any]) -> tuple[list[Contender], HostKVPool, Any, list[Any]]:
@@ -244,14 +244,15 @@ def run_size(
     for c in contenders:
         c.times = {op: [] for op in OPS}
 
-    def best(fn: Callable[[], None], before: Callable[[], None] | None = None) -> float:
+    def best(fn: Callable[[], None], before: Callable[[], None] | None = None) -> tuple[float, float]:
+        """(wall seconds, CPU seconds of this process) of the fastest pass."""
         times = []
         for _ in range(reps):
             if before is not None:
                 before()
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - t0)
+            times.append((time.perf_counter() - t0, time.process_time() - c0))
         return min(times)
 
     def measure(c: Contender, check: bool) -> None:
@@ -288,8 +289,11 @@ def run_size(
         row: dict[str, float] = {}
         for op in OPS:
             if c.times[op]:
-                med = statistics.median(c.times[op])
-                row[op] = med * 1e3 if op == "exists" else nbytes / med / GiB
+                for clock, tag in ((0, ""), (1, " cpu")):
+                    med = statistics.median(t[clock] for t in c.times[op])
+                    if clock and op == "get cold":
+                        continue  # waiting for the disk is not CPU time
+                    row[op + tag] = med * 1e3 if op == "exists" else nbytes / max(med, 1e-9) / GiB
         out[c.name] = row
     return out
 
@@ -322,6 +326,31 @@ def index_bytes_per_page(n: int = 100_000) -> tuple[float, float]:
     lru_bytes += sum(sys.getsizeof(s) for s in names[:1000]) / 1000
     del index, lru
     return seg_bytes, lru_bytes
+
+
+def results_table(results: dict[str, dict[str, dict[str, float]]], names: list[str], tag: str, title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("page")
+    table.add_column("op")
+    for n in names:
+        table.add_column(n, justify="right")
+    table.add_column("segment / SGLang", justify="right")
+    table.add_column("segment / one file", justify="right")
+    for label, res in results.items():
+        for op in OPS:
+            key = op + tag
+            if all(key not in res[n] for n in names):
+                continue
+            cells = [f"{res[n][key]:.3f}" if key in res[n] else "-" for n in names]
+            seg, sgl, one = res["segment v1"].get(key), res["SGLang HiCacheFile"].get(key), res["raw one file"].get(key)
+            if op == "exists":
+                vs, limit = fmt_ratio(sgl / seg if seg and sgl else None), ""
+            else:
+                vs = fmt_ratio(seg / sgl if seg and sgl else None)
+                limit = f"{100 * seg / one:.0f} %" if seg and one else ""
+            table.add_row(label, op, *cells, vs, limit)
+        table.add_section()
+    return table
 
 
 def fmt_ratio(x: float | None) -> str:
@@ -358,27 +387,13 @@ def main() -> None:
 
     names = ["SGLang HiCacheFile", "pagefile v1", "segment v1", "segment, verify always", "raw per-page files",
              "raw one file"]
-    table = Table(title=f"{PAGES}-page batches, GiB/s (exists: ms for {PAGES} keys): median over interleaved rounds of the best of {args.reps} passes")
-    table.add_column("page")
-    table.add_column("op")
-    for n in names:
-        table.add_column(n, justify="right")
-    table.add_column("segment / SGLang", justify="right")
-    table.add_column("segment / one file", justify="right")
-    for label, res in results.items():
-        for op in OPS:
-            cells = [f"{res[n][op]:.3f}" if op in res[n] else "-" for n in names]
-            seg, sgl, one = res["segment v1"].get(op), res["SGLang HiCacheFile"].get(op), res["raw one file"].get(op)
-            if op == "exists":
-                vs = fmt_ratio(sgl / seg if seg and sgl else None)
-                limit = ""
-            else:
-                vs = fmt_ratio(seg / sgl if seg and sgl else None)
-                limit = f"{100 * seg / one:.0f} %" if seg and one else ""
-            table.add_row(label, op, *cells, vs, limit)
-        table.add_section()
-    console.print(table)
-
+    for tag, title in (
+        ("", f"wall clock: {PAGES}-page batches, GiB/s (exists: ms for {PAGES} keys); median over interleaved "
+             f"rounds of the best of {args.reps} passes"),
+        (" cpu", "the same passes in CPU time of this process (GiB per CPU-second; exists: CPU ms): what each op "
+                 "costs, whatever else runs on the machine"),
+    ):
+        console.print(results_table(results, names, tag, title))
     seg_mem, lru_mem = index_bytes_per_page()
     console.print(f"index memory per stored page: segment {seg_mem:.0f} B; pagefile LRU index {lru_mem:.0f} B "
                   "(tracemalloc, 100,000 pages)")
