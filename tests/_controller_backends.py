@@ -224,6 +224,29 @@ class SlowReadStore(DirStore):
 SLOW_STORES: list[SlowReadStore] = []
 
 
+class FlipFlopStore(DirStore):
+    """Every other page call raises (a connection that drops now and then, and works again)."""
+
+    def __init__(self, config: HiCacheStorageConfig) -> None:
+        super().__init__(config)
+        self._calls = 0
+
+    def _flip(self, op: str) -> None:
+        self._calls += 1
+        if self._calls % 2:
+            raise ConnectionResetError(f"{op}: connection reset by peer")
+
+    def batch_exists(self, keys: list[str], extra_info: HiCacheStorageExtraInfo | None = None) -> int:
+        self._flip("batch_exists")
+        return super().batch_exists(keys, extra_info)
+
+    def batch_get_v1(
+        self, keys: list[str], host_indices: torch.Tensor, extra_info: HiCacheStorageExtraInfo | None = None
+    ) -> list[bool]:
+        self._flip("batch_get_v1")
+        return super().batch_get_v1(keys, host_indices, extra_info)
+
+
 class HangingCtorStore(DirStore):
     """Its constructor blocks until ``HANG`` is set (an unreachable server, no timeout of its own)."""
 
@@ -248,6 +271,7 @@ def make_registry() -> BackendRegistry:
     reg.register(BackendSpec(name="fullstore", target=f"{mod}:FullStore"))
     reg.register(BackendSpec(name="slowread", target=f"{mod}:SlowReadStore"))
     reg.register(BackendSpec(name="hangctor", target=f"{mod}:HangingCtorStore"))
+    reg.register(BackendSpec(name="flipflop", target=f"{mod}:FlipFlopStore"))
     return reg
 
 

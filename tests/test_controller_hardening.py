@@ -180,6 +180,25 @@ def test_a_write_policy_does_not_carry_over_to_the_next_attach(tmp_path: Path) -
         ctl.close()
 
 
+def test_a_read_that_raised_once_is_retried_not_a_miss(tmp_path: Path) -> None:
+    pool = make_pool()
+    ctl = make_controller(pool, breaker_threshold=2)
+    try:
+        ctl.attach("flipflop", {"root": str(tmp_path), "prefetch_threshold": 0}, prefetch_policy="wait_complete")
+        hs = hashes(4)
+        assert backup_pages(ctl, pool, hs) == [True] * 4
+        for _ in range(3):
+            op = ctl.prefetch(hs)
+            assert op is not None
+            res = op.wait()
+            assert res.page_hashes == hs, res.reason  # each call raised once and worked on its retry
+            pool.free(res.host_indices)
+        st = ctl.status()
+        assert st["state"] == "attached" and st["counters"]["failures"] == 0
+    finally:
+        ctl.close()
+
+
 # ---------------------------------------------------------------------------- config schema
 @pytest.mark.parametrize(("extra", "expect"), [
     ({"pathh": "/tmp/x"}, "did you mean 'path'"),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import difflib
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -139,14 +139,14 @@ def probe_store(backend: HiCacheStorage, pool: HostKVPool, name: str, rank: int 
         pool.write_page(dst, torch.zeros(pool.page_bytes, dtype=torch.uint8).view(view_dtype))
         key = probe_key(rank)
         try:
-            wrote = backend.batch_set_v1([key], pool.pages_to_indices([src]))
+            wrote = _twice(lambda: backend.batch_set_v1([key], pool.pages_to_indices([src])))
         except Exception as exc:
             return f"storage backend {name!r} cannot write a page: {type(exc).__name__}: {exc}"
         if not wrote or not bool(wrote[0]):
             return (f"storage backend {name!r} refused to store a probe page (a read-only directory, a full "
                     "store or missing permissions); fix the store or its config and attach again")
         try:
-            got = backend.batch_get_v1([key], pool.pages_to_indices([dst]))
+            got = _twice(lambda: backend.batch_get_v1([key], pool.pages_to_indices([dst])))
         except Exception as exc:
             return f"storage backend {name!r} stored a probe page but cannot read it: {type(exc).__name__}: {exc}"
         finally:
@@ -158,6 +158,14 @@ def probe_store(backend: HiCacheStorage, pool: HostKVPool, name: str, rank: int 
         return None
     finally:
         pool.free(idx)
+
+
+def _twice(call: Callable[[], list[bool]]) -> list[bool]:
+    """``call()``, tried again once if it raised (as the session retries page calls)."""
+    try:
+        return call()
+    except Exception:
+        return call()
 
 
 def _delete_quietly(backend: HiCacheStorage, key: str) -> None:

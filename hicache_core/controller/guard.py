@@ -162,11 +162,33 @@ class GuardedBackend:
         check: Callable[[Any], tuple[str, str] | None] | None = None,
         on_late: Callable[[Any], None] | None = None,
         report: bool = True,
+        retries: int = 0,
     ) -> CallOutcome:
         """Run ``fn(*args)``; ``check(value)`` returns ``(kind, reason)`` when the answer is a failure.
 
         ``on_late(value_or_None)`` runs once a timed-out call returns (None if it raised).
+        ``retries``: a call that *raised* is tried again up to this many times at once (a
+        transient error: a dropped connection, a blip); timeouts and bad answers are not. Only
+        the last attempt is reported, so a call that works on its retry is a success.
         """
+        out = self._attempt(op, fn, args, check, on_late)
+        for _ in range(retries):
+            if out.ok or out.kind != "error" or self._closed.is_set():
+                break
+            log.debug("retrying %s after: %s", op, out.detail)
+            out = self._attempt(op, fn, args, check, on_late)
+        if report and out.kind != "shutdown":
+            self._report(op, None if out.ok else out.kind, "" if out.ok else out.detail)
+        return out
+
+    def _attempt(
+        self,
+        op: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        check: Callable[[Any], tuple[str, str] | None] | None,
+        on_late: Callable[[Any], None] | None,
+    ) -> CallOutcome:
         if self._closed.is_set():
             return CallOutcome(False, kind="shutdown", detail="backend is being detached")
         with self._count_lock:
@@ -183,20 +205,16 @@ class GuardedBackend:
         except FutureTimeout:
             if on_late is not None:
                 fut.add_done_callback(lambda f: _late(f, on_late))
-            return self._fail(op, "timeout", f"{op} took longer than io_timeout_s={self.io_timeout_s:g}", report)
+            return self._fail(op, "timeout", f"{op} took longer than io_timeout_s={self.io_timeout_s:g}")
         except Exception as exc:
-            return self._fail(op, "error", f"{op} raised {type(exc).__name__}: {exc}", report)
+            return self._fail(op, "error", f"{op} raised {type(exc).__name__}: {exc}")
         bad = check(value) if check is not None else None
         if bad is not None:
-            return self._fail(op, bad[0], f"{op} {bad[1]}", report)
-        if report:
-            self._report(op, None, "")
+            return self._fail(op, bad[0], f"{op} {bad[1]}")
         return CallOutcome(True, value)
 
-    def _fail(self, op: str, kind: str, detail: str, report: bool) -> CallOutcome:
+    def _fail(self, op: str, kind: str, detail: str) -> CallOutcome:
         log.debug("backend call failed: %s", detail)
-        if report:
-            self._report(op, kind, detail)
         return CallOutcome(False, kind=kind, detail=detail)
 
     def shutdown(self) -> None:

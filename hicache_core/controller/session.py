@@ -45,6 +45,9 @@ BACKUP_QUEUE_MAX = 512
 #: while it keeps refusing. A refusal is not a failure: it never opens the breaker.
 REFUSED_BACKOFF_S = 0.25
 REFUSED_BACKOFF_MAX_S = 8.0
+#: A page call that raised is tried again this many times at once (a transient error costs
+#: a hit or a backup otherwise); timeouts and bad answers are never retried.
+READ_WRITE_RETRIES = 1
 #: Pause before asking a refusing store's health a second time.
 HEALTH_RECHECK_S = 0.1
 
@@ -287,7 +290,7 @@ class Session:
         prefix = self.keys(op.prefix_hashes)
         out = self.guard.call(
             "batch_exists", self.backend.batch_exists, keys, HiCacheStorageExtraInfo(prefix_keys=prefix),
-            check=check_count(len(keys)),
+            check=check_count(len(keys)), retries=READ_WRITE_RETRIES,
         )
         if not out.ok:
             return out.detail
@@ -309,7 +312,7 @@ class Session:
             out = self.guard.call(
                 "batch_get_v1", self.backend.batch_get_v1, batch, indices,
                 HiCacheStorageExtraInfo(prefix_keys=list(loaded_prefix)),
-                check=check_bool_list(n),
+                check=check_bool_list(n), retries=READ_WRITE_RETRIES,
                 on_late=self._free_late(indices),
             )
             elapsed = time.perf_counter() - t0
@@ -373,7 +376,7 @@ class Session:
                 # tail-first eviction) know each page's prefix.
                 "batch_set_v1", self.backend.batch_set_v1, batch, idx,
                 HiCacheStorageExtraInfo(prefix_keys=list(job.keys[:start])),
-                check=check_bool_list(end - start), on_late=_late,
+                check=check_bool_list(end - start), on_late=_late, retries=READ_WRITE_RETRIES,
             )
             elapsed = time.perf_counter() - t0
             if out.ok:
