@@ -248,8 +248,9 @@ def test_extra_is_a_copy_and_never_none() -> None:
 
 
 def test_capabilities_names_and_dict() -> None:
-    caps = Capabilities(zero_copy_v1=True, persistent=True, mla=False)
+    caps = Capabilities(zero_copy_v1=True, persistent=True, mla=False, sidecar_pools=False)
     assert caps.names() == ["zero_copy_v1", "persistent"]
+    assert Capabilities().names() == ["mla", "sidecar_pools"]
     assert caps.to_dict()["shared"] is False and set(caps.to_dict()) >= {
         "zero_copy_v1", "delete", "clear", "persistent", "shared", "requires_page_layout", "mla",
     }

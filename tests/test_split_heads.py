@@ -89,3 +89,31 @@ def test_no_split_without_page_head_or_for_mla() -> None:
     mla = HiCacheStorageConfig(tp_size=1, is_mla_model=True, extra_config={"tp_lcm_size": 2})
     assert not with_head_split(mla, _pool(HEADS)).should_split_heads
     assert with_head_split(cfg, _pool(HEADS)).should_split_heads
+
+
+def test_the_factory_splits_when_tp_lcm_size_asks(tmp_path: Path) -> None:
+    from hicache_core import create_backend
+
+    whole = _pool(HEADS)
+    _fill(whole, 7)
+    keys = page_hashes(list(range(300, 300 + PAGE)), PAGE)
+    cfg = HiCacheStorageConfig(model_name="m", extra_config={"path": str(tmp_path), "tp_lcm_size": 2})
+    backend = create_backend("file", cfg)
+    assert isinstance(backend, SplitHeadsStorage) and len(backend.groups) == 2
+    assert type(backend).capabilities.persistent  # the groups' backend's capabilities
+    backend.register_mem_pool_host(whole)
+    assert backend.batch_set_v1(keys, whole.pages_to_indices([4])) == [True]
+    half = _pool(HEADS // 2)
+    reader = create_backend("file", HiCacheStorageConfig(model_name="m", tp_rank=1, tp_size=2,
+                                                         extra_config={"path": str(tmp_path)}), half)
+    assert reader.batch_get_v1(keys, half.pages_to_indices([0])) == [True]
+    assert torch.equal(half.read_page(0).view(2, 2, -1), whole.read_page(4).view(2, HEADS, -1)[:, 2:])
+    # Another layout with tp_lcm_size is refused at registration, saying what to do.
+    other = create_backend("file", cfg)
+    try:
+        other.register_mem_pool_host(_pool(HEADS, "page_first"))
+        raise AssertionError("a page_first pool was accepted for head splitting")
+    except Exception as exc:
+        assert "page_head" in str(exc)
+    finally:
+        other.close()

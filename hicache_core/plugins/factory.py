@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import logging
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from hicache_core.compat import sglang_shim
@@ -14,6 +15,7 @@ from hicache_core.compat.sglang_known import known_sglang_class
 from hicache_core.plugins.adapter import V1_METHODS, DuckTypedBackend, defines_own, missing_methods
 from hicache_core.plugins.dynamic import DYNAMIC_KEYS, load_dynamic_class
 from hicache_core.plugins.registry import DYNAMIC, BackendRegistry, default_registry
+from hicache_core.plugins.split_heads import SplitHeadsStorage, with_head_split
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.errors import BackendConfigError, BackendLoadError, ContractVersionError, HiCacheError
 from hicache_core.spec.storage import HiCacheStorage
@@ -125,6 +127,11 @@ def _instantiate(cls: type, config: HiCacheStorageConfig, name: str) -> Any:
     )
 
 
+#: Stands for the pool when none is given yet: tp_lcm_size asks for page_head pools, and
+#: SplitHeadsStorage refuses any other layout at registration, saying so.
+_PAGE_HEAD_POOL = SimpleNamespace(layout="page_head")
+
+
 def create_backend(
     name: str,
     config: HiCacheStorageConfig | None = None,
@@ -140,6 +147,17 @@ def create_backend(
     open.
     """
     config = config if config is not None else HiCacheStorageConfig()
+    config = with_head_split(config, mem_pool_host if mem_pool_host is not None else _PAGE_HEAD_POOL)
+    if config.should_split_heads:
+        # Pages shared across TP sizes: one backend per head group (plugins/split_heads.py).
+        split = SplitHeadsStorage(config, lambda cfg: create_backend(name, cfg, None, registry))
+        if mem_pool_host is not None:
+            try:
+                split.register_mem_pool_host(mem_pool_host)
+            except Exception:
+                _close_quietly(split)
+                raise
+        return split
     extra = config.extra()
     cls, display, interface_v1 = resolve_backend_class(name, extra, registry)
     if name == DYNAMIC:
