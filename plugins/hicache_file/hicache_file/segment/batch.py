@@ -13,7 +13,17 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from hicache_file.segment.format import HEADER_SIZE, check_header, pack_header, page_checksum
+from xxhash import xxh3_64_intdigest
+
+from hicache_file.segment.format import (
+    ALGO_XXH3,
+    FORMAT_VERSION,
+    HEADER,
+    HEADER_SIZE,
+    RECORD_MAGIC,
+    pack_header,
+    page_checksum,
+)
 from hicache_file.segment.index import CHECKED, Segment, SegmentIndex
 from hicache_file.segment.pageio import preadv_all, pwritev_all
 
@@ -105,14 +115,22 @@ def read_chunk(chunk: list[ReadItem], verify_all: bool) -> list[ReadItem]:
         log.warning("file backend (segment): cannot read %s: %s", seg.name, exc)
         return list(chunk)
     bad: list[ReadItem] = []
-    for j, it in enumerate(chunk):
+    seg_id = seg.id
+    # One unpack pass over the run's headers (layout: format.py); every field must match the index.
+    for j, (it, fields) in enumerate(zip(chunk, HEADER.iter_unpack(headers))):
+        magic, version, algo, _, length, hi, lo, checksum, rec_seg, rec_off, hcheck = fields
+        why = ""
         if it.offset - start + HEADER_SIZE + it.length > got:
-            why: int | str = "record is cut short"
-        else:
-            why = check_header(hview[j * HEADER_SIZE : (j + 1) * HEADER_SIZE], it.length, it.key, seg.id, it.offset)
-            if isinstance(why, int) and (verify_all or not it.checked) and page_checksum(it.pieces) != why:
-                why = "checksum mismatch"
-        if isinstance(why, str):
+            why = "record is cut short"
+        elif magic != RECORD_MAGIC or version != FORMAT_VERSION or algo != ALGO_XXH3:
+            why = "not a page record of this format"
+        elif rec_seg != seg_id or rec_off != it.offset or length != it.length or (hi << 64 | lo) != it.key:
+            why = "record is not the one the index names"
+        elif hcheck != xxh3_64_intdigest(hview[j * HEADER_SIZE : j * HEADER_SIZE + HEADER_SIZE - 8]):
+            why = "header checksum mismatch"
+        elif (verify_all or not it.checked) and page_checksum(it.pieces) != checksum:
+            why = "checksum mismatch"
+        if why:
             log.warning("file backend (segment): page at %s+%d is not served: %s", seg.name, it.offset, why)
             bad.append(it)
     return bad

@@ -80,22 +80,6 @@ def pack_header(length: int, key: int, checksum: int, segment: int, offset: int)
     return body + _xxh3_64(body).to_bytes(8, "little")
 
 
-def check_header(header: Buffer, length: int, key: int, segment: int, offset: int) -> int | str:
-    """The page checksum a sound header for this key and place holds, else why it is not sound."""
-    magic, version, algo, _, n, hi, lo, checksum, seg, off, hcheck = HEADER.unpack_from(header)
-    if magic != RECORD_MAGIC or version != FORMAT_VERSION or algo != ALGO_XXH3:
-        return "not a page record of this format"
-    if hcheck != _xxh3_64(memoryview(header)[: HEADER_SIZE - 8]):
-        return "header checksum mismatch"
-    if (hi << 64 | lo) != key:
-        return "record holds another key"
-    if seg != segment or off != offset:
-        return "record is not where the index says"
-    if n != length:
-        return f"page of {n} bytes, expected {length}"
-    return int(checksum)
-
-
 def journal_record(kind: int, length: int = 0, segment: int = 0, offset: int = 0, key: int = 0) -> bytes:
     body = _JOURNAL_BODY.pack(kind, length, segment, offset, key >> 64, key & _MASK64)
     return body + _xxh3_64(body).to_bytes(8, "little")
