@@ -7,6 +7,7 @@ one that overrides ``batch_*_v2`` must give the same answers.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -61,7 +62,9 @@ class V2PoolTransferChecks:
         backend, pool = _attach(open_backend, state, config)
         if not type(backend).capabilities.sidecar_pools:
             pytest.skip(f"{type(backend).__name__} declares capabilities.sidecar_pools=False (v2 sidecars are misses)")
-        keys = page_hashes(list(range(1000, 1000 + n * PAGE)), PAGE)
+        # Fresh tokens per call: a shared store keeps earlier tests' pages under the same namespace.
+        base = random.randrange(1 << 30)
+        keys = page_hashes(list(range(base, base + n * PAGE)), PAGE)
         _random_fill(pool, 1)
         _random_fill(state, 2)
         kv_idx = _scattered(pool, n)
