@@ -10,8 +10,9 @@ after the other, so the whole file starts 7 engines in 2 processes (about a minu
   same master (each hits what process 1 stored), then a ``file`` engine whose backend fails
   half its calls (hicache's fault injection): every request completes with the same tokens.
 
-Greedy output tokens and the sampled tokens' logprobs must equal the baseline exactly: the
-tiny model's weights are scaled so that a wrong KV (even K scaled by 0.9) changes them.
+Greedy output tokens must equal the baseline exactly and the sampled tokens' logprobs within
+1e-4: the tiny model's weights are scaled so that a wrong KV (even K scaled by 0.9) changes
+the tokens.
 """
 
 from __future__ import annotations
@@ -85,7 +86,10 @@ def engines(
 def _same_as_baseline(run: dict[str, Any], baseline: dict[str, Any]) -> None:
     assert run["finish"] == ["length"] * len(PROMPTS)
     assert run["tokens"] == baseline["tokens"]
-    assert run["logprobs"] == baseline["logprobs"]  # bit-identical KV gives identical logits
+    # Same KV, same logits: within 1e-4 (thread scheduling may reorder float sums between
+    # processes; a wrong KV moves them by far more, and changes the tokens, as K * 0.9 does).
+    for got, want in zip(run["logprobs"], baseline["logprobs"]):
+        assert got == pytest.approx(want, abs=1e-4)
 
 
 def _healthy(run: dict[str, Any]) -> None:
