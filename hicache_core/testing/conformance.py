@@ -21,6 +21,7 @@ The checks, by concern (each module's docstring says what it proves):
 - ``kit_namespace``: namespace isolation (model, tp rank/size, pp, attention cp, dtype, layout,
   geometry) and odd keys.
 - ``kit_durability``: persistence after reopen and after ``kill -9`` of a writer process.
+- ``v2_checks``: the v2 pool transfers (KV + a Mamba-like state pool, hit policies).
 
 Each failure starts with the broken property in words. Tests that need a capability the
 backend does not declare are skipped, saying which one. Keys are unique per test run so a
@@ -35,11 +36,14 @@ from hicache_core.testing.kit_durability import DurabilityChecks
 from hicache_core.testing.kit_namespace import NamespaceChecks
 from hicache_core.testing.kit_paths import PathChecks
 from hicache_core.testing.kit_zero_copy import ZeroCopyChecks
+from hicache_core.testing.v2_checks import V2PoolTransferChecks
 
 __all__ = ["OpenBackend", "StorageConformanceTests"]
 
 
-class StorageConformanceTests(DurabilityChecks, NamespaceChecks, PathChecks, ZeroCopyChecks, ContractChecks):
+class StorageConformanceTests(
+    V2PoolTransferChecks, DurabilityChecks, NamespaceChecks, PathChecks, ZeroCopyChecks, ContractChecks
+):
     """Subclass me; see the module docstring for the fixtures to override.
 
     (Bases in reverse: pytest collects the last base's checks first, the contract's basics.)

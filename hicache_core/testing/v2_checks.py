@@ -25,8 +25,9 @@ PAGE = 4
 
 
 def _attach(open_backend: Callable[[HiCacheStorageConfig], HiCacheStorage], state: HostStatePool,
-            config: HiCacheStorageConfig) -> tuple[HiCacheStorage, HostKVPool]:
+            config: HiCacheStorageConfig, opened: list[HiCacheStorage]) -> tuple[HiCacheStorage, HostKVPool]:
     backend = open_backend(config)
+    opened.append(backend)  # closed by the kit's ``opened`` fixture
     pool = HostKVPool(16 * PAGE, PAGE, 2, 2, 8, dtype=torch.bfloat16, layout="page_first", pin_memory=False)
     backend.register_mem_pool_host(pool)
     backend.register_mem_host_pool_v2(state, PoolName.MAMBA)
@@ -56,10 +57,11 @@ def _random_fill(pool: Any, seed: int) -> None:
 class V2PoolTransferChecks:
     """The v2 API: sidecar pools stored beside KV, their hit policies, byte-equal round trips."""
 
-    def _v2_setup(self, open_backend: Any, config: HiCacheStorageConfig, n: int = 4,
-                  state_pages: list[int] | None = None) -> tuple[HiCacheStorage, list[str], dict[str, Any]]:
+    def _v2_setup(self, open_backend: Any, config: HiCacheStorageConfig, opened: list[HiCacheStorage],
+                  n: int = 4, state_pages: list[int] | None = None
+                  ) -> tuple[HiCacheStorage, list[str], dict[str, Any]]:
         state = HostStatePool(16, (3, 5), dtype=torch.float32)
-        backend, pool = _attach(open_backend, state, config)
+        backend, pool = _attach(open_backend, state, config, opened)
         if not type(backend).capabilities.sidecar_pools:
             pytest.skip(f"{type(backend).__name__} declares capabilities.sidecar_pools=False (v2 sidecars are misses)")
         # Fresh tokens per call: a shared store keeps earlier tests' pages under the same namespace.
@@ -82,11 +84,12 @@ class V2PoolTransferChecks:
         st_bytes = [bytes(state.kv_buffer[int(i)].view(torch.uint8).numpy()) for i in st_idx]
         return backend, keys, {"pool": pool, "state": state, "kv": kv_bytes, "st": st_bytes, "marks": marks}
 
-    def test_v2_round_trip_kv_and_sidecar(self, open_backend: Any, storage_config: HiCacheStorageConfig) -> None:
-        _backend, keys, ctx = self._v2_setup(open_backend, storage_config)
+    def test_v2_round_trip_kv_and_sidecar(self, open_backend: Any, storage_config: HiCacheStorageConfig,
+        opened: list[HiCacheStorage]) -> None:
+        _backend, keys, ctx = self._v2_setup(open_backend, storage_config, opened)
         # A fresh node: new pools, indices scattered differently.
         state = HostStatePool(16, (3, 5), dtype=torch.float32)
-        other, pool = _attach(open_backend, state, storage_config)
+        other, pool = _attach(open_backend, state, storage_config, opened)
         kv_idx, st_idx = _scattered(pool, len(keys)), _scattered(state, len(keys))
         got = other.batch_get_v2([
             PoolTransfer(PoolName.KV, host_indices=kv_idx, keys=keys),
@@ -99,10 +102,11 @@ class V2PoolTransferChecks:
             st = bytes(state.kv_buffer[int(st_idx[i])].view(torch.uint8).numpy())
             assert st == ctx["st"][i], f"v2 get: sidecar state {i} came back with other bytes"
 
-    def test_v2_trailing_pages_policy(self, open_backend: Any, storage_config: HiCacheStorageConfig) -> None:
+    def test_v2_trailing_pages_policy(self, open_backend: Any, storage_config: HiCacheStorageConfig,
+        opened: list[HiCacheStorage]) -> None:
         # States only at pages 1 and 3 (prefix lengths 2 and 4): with a window of one page,
         # exactly those prefixes are restorable.
-        backend, keys, _ = self._v2_setup(open_backend, storage_config, n=4, state_pages=[1, 3])
+        backend, keys, _ = self._v2_setup(open_backend, storage_config, opened, n=4, state_pages=[1, 3])
         state = backend.__dict__["registered_pools"]["mamba"]
         res = backend.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys[-1:], host_indices=None,
                                                           hit_policy=PoolHitPolicy.TRAILING_PAGES)])
@@ -113,27 +117,55 @@ class V2PoolTransferChecks:
         assert state is not None
 
     def test_v2_all_pages_policy_truncates_at_a_missing_sidecar(
-        self, open_backend: Any, storage_config: HiCacheStorageConfig
+        self, open_backend: Any, storage_config: HiCacheStorageConfig, opened: list[HiCacheStorage]
     ) -> None:
-        backend, keys, _ = self._v2_setup(open_backend, storage_config, n=4, state_pages=[0, 1, 3])
+        backend, keys, _ = self._v2_setup(open_backend, storage_config, opened, n=4, state_pages=[0, 1, 3])
         res = backend.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys, hit_policy=PoolHitPolicy.ALL_PAGES)])
         assert res.kv_hit_pages == 2, f"all_pages: a missing sidecar page 2 must cut the prefix to 2, got {res}"
 
     def test_v2_sidecar_of_another_format_is_a_miss(
-        self, open_backend: Any, storage_config: HiCacheStorageConfig
+        self, open_backend: Any, storage_config: HiCacheStorageConfig, opened: list[HiCacheStorage]
     ) -> None:
-        _, keys, _ = self._v2_setup(open_backend, storage_config, n=2)
+        _, keys, _ = self._v2_setup(open_backend, storage_config, opened, n=2)
         state = HostStatePool(16, (15,), dtype=torch.int32)  # same bytes per slot, other dtype
-        other, _pool = _attach(open_backend, state, storage_config)
+        other, _pool = _attach(open_backend, state, storage_config, opened)
         res = other.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys, hit_policy=PoolHitPolicy.ALL_PAGES)])
         assert res.kv_hit_pages == 0, (
             f"namespace isolation (v2): a float32 state page was a hit for an int32 state pool: {res}"
         )
 
     def test_v2_unregistered_pool_is_a_clear_error(
-        self, open_backend: Any, storage_config: HiCacheStorageConfig
+        self, open_backend: Any, storage_config: HiCacheStorageConfig, opened: list[HiCacheStorage]
     ) -> None:
         backend = open_backend(storage_config)
+        opened.append(backend)
         backend.register_mem_pool_host(HostKVPool(8 * PAGE, PAGE, 2, 2, 8, pin_memory=False))
         with pytest.raises(Exception, match="register_mem_host_pool_v2"):
             backend.batch_get_v2([PoolTransfer("swa", host_indices=torch.arange(PAGE), keys=["a" * 64])])
+
+    def test_v2_kv_transfers_and_sidecar_misses_on_every_backend(
+        self, open_backend: Any, storage_config: HiCacheStorageConfig, opened: list[HiCacheStorage]
+    ) -> None:
+        # KV-only v2 transfers work on every backend; a backend without sidecar pools answers
+        # sidecar transfers with misses, never an exception and never a hit.
+        state = HostStatePool(16, (3, 5), dtype=torch.float32)
+        backend, pool = _attach(open_backend, state, storage_config, opened)
+        base = random.randrange(1 << 30)
+        keys = page_hashes(list(range(base, base + 3 * PAGE)), PAGE)
+        _random_fill(pool, 5)
+        idx = _scattered(pool, 3)
+        res = backend.batch_set_v2([PoolTransfer(PoolName.KV, host_indices=idx, keys=keys)])
+        assert res == {"kv": [True] * 3}, f"v2 KV-only set: {res}"
+        found = backend.batch_exists_v2(keys, [])
+        assert found.kv_hit_pages == 3, f"v2 KV-only exists: {found}"
+        if type(backend).capabilities.sidecar_pools:
+            return
+        st_idx = _scattered(state, 3)
+        sres = backend.batch_set_v2([PoolTransfer(PoolName.MAMBA, host_indices=st_idx, keys=keys,
+                                                  hit_policy=PoolHitPolicy.TRAILING_PAGES)])
+        assert len(sres.get("mamba", [])) == 3, f"v2 sidecar set on a backend without sidecars: {sres}"
+        gated = backend.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys, hit_policy=PoolHitPolicy.ALL_PAGES)])
+        if not all(sres["mamba"]):
+            assert gated.kv_hit_pages == 0, (
+                f"v2: sidecar states were not stored, yet a prefix of {gated.kv_hit_pages} pages needing them was a hit"
+            )

@@ -32,7 +32,7 @@ def hicache_backends() -> list[BackendSpec]:
             # Per instance, persistent/shared follow the chosen connector (ROCKSDB, SHFS, remote).
             capabilities=Capabilities(
                 zero_copy_v1=True, delete=True, clear=False, persistent=False, shared=False,
-                requires_page_layout=False, mla=False,
+                requires_page_layout=False, mla=False, sidecar_pools=False,
             ),
             config_options=tuple(options),
             requires=("aibrix_kvcache",),

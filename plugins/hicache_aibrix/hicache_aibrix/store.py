@@ -85,6 +85,9 @@ class AIBrixStore(HiCacheStorage):
     capabilities = Capabilities(
         zero_copy_v1=True, delete=True, clear=False, persistent=False, shared=False,
         requires_page_layout=False, mla=False,
+        # An AIBrix block is one KV page of the pool's geometry: v2 sidecar states (other sizes)
+        # are misses, never stored.
+        sidecar_pools=False,
     )
 
     def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:

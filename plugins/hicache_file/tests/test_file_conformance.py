@@ -15,10 +15,9 @@ from hicache_file.store import FileStore
 
 from hicache_core import HiCacheStorage, HiCacheStorageConfig, create_backend
 from hicache_core.testing import StorageConformanceTests
-from hicache_core.testing.v2_checks import V2PoolTransferChecks
 
 
-class TestFileStoreConformance(V2PoolTransferChecks, StorageConformanceTests):
+class TestFileStoreConformance(StorageConformanceTests):
     """Scheme ``pagefile`` (the default), opened directly, two I/O threads even for the kit's small pages."""
 
     @pytest.fixture(autouse=True)
@@ -34,7 +33,7 @@ class TestFileStoreConformance(V2PoolTransferChecks, StorageConformanceTests):
         return FileStore
 
 
-class TestFileEntryPointConformance(V2PoolTransferChecks, StorageConformanceTests):
+class TestFileEntryPointConformance(StorageConformanceTests):
     """The installed ``file`` entry point, one thread, crc32 checksums, a generous size bound."""
 
     backend_name = "file"
@@ -56,7 +55,7 @@ class TestFileEntryPointConformance(V2PoolTransferChecks, StorageConformanceTest
             backend.close()
 
 
-class TestSGLangSchemeConformance(V2PoolTransferChecks, StorageConformanceTests):
+class TestSGLangSchemeConformance(StorageConformanceTests):
     """Scheme ``sglang`` (SGLang HiCacheFile's raw files) through the entry point, with a size bound."""
 
     backend_name = "file"
@@ -79,7 +78,7 @@ class TestSGLangSchemeConformance(V2PoolTransferChecks, StorageConformanceTests)
 @pytest.mark.skipif(
     importlib.util.find_spec("hicache_file.segment") is None, reason="hicache_file.segment is not in this tree yet"
 )
-class TestSegmentSchemeConformance(V2PoolTransferChecks, StorageConformanceTests):
+class TestSegmentSchemeConformance(StorageConformanceTests):
     """Scheme ``segment`` selected through the ``file`` entry point (the scheme's own tests are its own)."""
 
     backend_name = "file"

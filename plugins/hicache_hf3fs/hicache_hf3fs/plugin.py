@@ -9,7 +9,7 @@ from hicache_core.spec.capabilities import Capabilities
 
 CAPABILITIES = Capabilities(
     zero_copy_v1=True, delete=True, clear=True, persistent=True, shared=True,
-    requires_page_layout=False, mla=True,
+    requires_page_layout=False, mla=True, sidecar_pools=False,
 )
 
 # Defaults are None here on purpose: the factory copies non-None defaults into extra-config,

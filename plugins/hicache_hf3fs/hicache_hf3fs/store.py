@@ -51,6 +51,8 @@ class Hf3fsStore(HiCacheStorage):
     capabilities = Capabilities(
         zero_copy_v1=True, delete=True, clear=True, persistent=True, shared=True,
         requires_page_layout=False, mla=True,
+        # Rank files hold fixed page-size slots: v2 sidecar states (other sizes) are misses.
+        sidecar_pools=False,
     )
 
     def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:

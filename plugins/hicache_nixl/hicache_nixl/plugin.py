@@ -17,7 +17,7 @@ from hicache_nixl.settings import AUTO_ORDER, NIXL_PLUGIN_NAMES, OPTIONS, PLUGIN
 # flavour has no delete/clear and is shared.
 CAPABILITIES = Capabilities(
     zero_copy_v1=True, delete=True, clear=True, persistent=True, shared=False,
-    requires_page_layout=False, mla=True,
+    requires_page_layout=False, mla=True, sidecar_pools=False,
 )
 
 # No defaults here: a declared default would be written into extra-config and hide the

@@ -63,6 +63,8 @@ class NixlStore(HiCacheStorage):
     capabilities = Capabilities(
         zero_copy_v1=True, delete=True, clear=True, persistent=True, shared=False,
         requires_page_layout=False, mla=True,
+        # A page file counts only at the KV page's size: v2 sidecar states are misses.
+        sidecar_pools=False,
     )
     flavour = ""
 
