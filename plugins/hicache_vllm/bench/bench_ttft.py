@@ -29,6 +29,7 @@ import gc
 import json
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -79,6 +80,13 @@ def main() -> None:
     args = ap.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     work = tempfile.mkdtemp(prefix="hicache-vllm-bench-")
+    try:
+        run(args, lengths, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # the model and the file backend's pages
+
+
+def run(args: argparse.Namespace, lengths: list[int], work: str) -> None:
     backend_config = json.loads(args.backend_config) if args.backend_config else {"path": os.path.join(work, "l3")}
     model = os.path.join(work, "model")
     max_len = max(lengths) + 64
