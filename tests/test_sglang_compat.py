@@ -288,10 +288,6 @@ def _auth(key: str = KEY) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "hicache-file now refuses unknown extra-config keys, and the node hands it SGLang's controller knob "
-    "'hicache_storage_pass_prefix_keys', which SGLang pops before creating a backend "
-    "(HybridCacheController's extra-config parse); the node must pop SGLang's knobs too"))
 def test_sglang_attach_detach_sequence(tmp_path: Path) -> None:
     """SGLang's runtime attach/detach sequence (its admin API's status codes and GET fields, as
     REFERENCE §5 states them), step by step, against a hicache node.

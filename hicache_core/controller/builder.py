@@ -10,7 +10,6 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from hicache_core.controller.attach_check import check_config_model, check_paths, probe_store
-from hicache_core.controller.backend_models import config_model_for
 from hicache_core.controller.errors import ControllerError
 from hicache_core.controller.faults import FaultInjectingStorage
 from hicache_core.controller.ratelimit import limit_backend_logs
@@ -62,7 +61,7 @@ class SessionBuilderMixin:
             cls, _, _ = resolve_backend_class(name, extra, self.registry)
         except HiCacheError:
             return  # create_backend reports it with the full story
-        model_cls = cls if getattr(cls, "config_model", None) is not None else config_model_for(name)
+        model_cls = cls if getattr(cls, "config_model", None) is not None else None
         if model_cls is not None:
             check_config_model(name, model_cls, extra)
         else:

@@ -17,6 +17,10 @@ DEFAULT_WRITE_POLICY = "write_through"
 
 #: Extra-config keys the controller reads itself; they are not handed to the backend.
 KNOB_KEYS: tuple[str, ...] = ("prefetch_threshold", "prefetch_timeout_base", "prefetch_timeout_per_ki_token")
+#: SGLang's controller knobs that hicache's controller accepts and needs no value of: it always
+#: passes prefix keys (``hicache_storage_pass_prefix_keys``). Taken out, as SGLang does, so a
+#: backend never sees them.
+SGLANG_CONTROLLER_KEYS: tuple[str, ...] = ("hicache_storage_pass_prefix_keys",)
 
 #: Hits needed before ``write_through_selective`` backs a page up (SGLang's threshold).
 SELECTIVE_HIT_THRESHOLD = 2
@@ -75,6 +79,8 @@ def split_extra_config(extra: dict[str, Any] | None) -> tuple[PrefetchKnobs, dic
     A knob with a bad value raises ``ControllerError`` naming the key.
     """
     rest = dict(extra or {})
+    for key in SGLANG_CONTROLLER_KEYS:
+        rest.pop(key, None)
     values: dict[str, Any] = {}
     defaults = PrefetchKnobs()
     for key in KNOB_KEYS:

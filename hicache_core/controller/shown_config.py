@@ -8,9 +8,7 @@ show a value only when its key is known to be safe:
 - the controller's own keys (prefetch knobs, the failure-injection settings) and the
   ``dynamic`` loader's keys;
 - the fields a backend class declares public: ``config_public_fields`` (a ClassVar tuple), or
-  the fields of its ``config_model`` marked ``json_schema_extra={"public": True}``;
-- for first-party backends that declare nothing yet, the fields listed in
-  ``FIRST_PARTY_PUBLIC_FIELDS`` below.
+  the fields of its ``config_model`` marked ``json_schema_extra={"public": True}``.
 
 Every other key is shown as ``"***"`` (so a reader still sees it was given). Shown strings
 have URL userinfo (``scheme://user:pass@host``) removed, because an address field can carry
@@ -24,24 +22,14 @@ from collections.abc import Iterable
 from typing import Any
 
 from hicache_core.controller.faults import FAULT_KEY
-from hicache_core.controller.policies import KNOB_KEYS
+from hicache_core.controller.policies import KNOB_KEYS, SGLANG_CONTROLLER_KEYS
 
 HIDDEN = "***"
 
 #: Keys the controller and the dynamic loader read themselves: never secret.
 CORE_PUBLIC_FIELDS: frozenset[str] = frozenset(
-    {*KNOB_KEYS, FAULT_KEY, "backend_name", "module_path", "class_name", "interface_v1"}
+    {*KNOB_KEYS, *SGLANG_CONTROLLER_KEYS, FAULT_KEY, "backend_name", "module_path", "class_name", "interface_v1"}
 )
-
-#: Public fields of first-party backends whose class does not declare them yet.
-FIRST_PARTY_PUBLIC_FIELDS: dict[str, frozenset[str]] = {
-    "file": frozenset({"path", "file_storage_path", "max_bytes", "max_pages", "fsync", "io_threads",
-                       "checksum", "remove_corrupt"}),
-    "mooncake": frozenset({"master_server_address", "local_hostname", "protocol", "device_name",
-                           "global_segment_size", "local_buffer_size"}),
-    "hf3fs": frozenset({"file_path_prefix", "file_size", "numjobs", "entries", "io_depth", "client_timeout",
-                        "client", "write_lease_seconds", "index_path"}),
-}
 
 #: ``scheme://user[:password]@`` in a URL or DSN (also inside longer strings).
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@]*@")
@@ -66,8 +54,6 @@ def public_fields(backend: str, cls: type | None = None) -> frozenset[str]:
                 declared.add(name)
                 if info.alias:
                     declared.add(info.alias)
-    if not declared:
-        declared.update(FIRST_PARTY_PUBLIC_FIELDS.get(backend, ()))
     return frozenset(declared | CORE_PUBLIC_FIELDS)
 
 

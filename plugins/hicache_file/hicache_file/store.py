@@ -17,12 +17,13 @@ on top of each scheme's four hooks), ``poolpages`` (page bytes, by the core's ru
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.errors import BackendConfigError
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_file.config import scheme_of
+from hicache_file.config_model import FileBackendConfig
 from hicache_file.plugin import CAPABILITIES
 
 
@@ -63,6 +64,8 @@ class FileStore(HiCacheStorage):
 
     contract_version = "1.0"
     capabilities = CAPABILITIES
+    #: The extra-config schema the controller checks an attach against.
+    config_model: ClassVar[type] = FileBackendConfig
 
     def __new__(cls, config: Any | None = None, *args: Any, **kwargs: Any) -> Any:
         if cls is not FileStore:

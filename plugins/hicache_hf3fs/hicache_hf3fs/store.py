@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -53,6 +53,11 @@ class Hf3fsStore(HiCacheStorage):
         requires_page_layout=False, mla=True,
         # Rank files hold fixed page-size slots: v2 sidecar states (other sizes) are misses.
         sidecar_pools=False,
+    )
+    #: Extra-config keys the node's status may show (every other value is hidden).
+    config_public_fields: ClassVar[tuple[str, ...]] = (
+        "file_path_prefix", "file_size", "numjobs", "entries", "io_depth", "client_timeout", "client",
+        "write_lease_seconds", "index_path",
     )
 
     def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:

@@ -58,6 +58,11 @@ class MooncakeStore(HiCacheStorage):
 
     contract_version: ClassVar[str] = "1.0"
     capabilities = CAPABILITIES
+    #: Extra-config keys the node's status may show (every other value is hidden).
+    config_public_fields: ClassVar[tuple[str, ...]] = (
+        "master_server_address", "local_hostname", "protocol", "device_name", "global_segment_size",
+        "local_buffer_size", "scheme", "extra_backend_tag",
+    )
 
     def __init__(self, config: HiCacheStorageConfig | None = None, *args: Any, **kwargs: Any) -> None:
         super().__init__(config)
