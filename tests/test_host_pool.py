@@ -201,3 +201,15 @@ def test_bad_construction_and_layout_requirement() -> None:
     with pytest.raises(LayoutError, match="--hicache-mem-layout page_first"):
         make("layer_first", False).require_page_layout("mooncake")
     make("page_first_direct", True).require_page_layout("mooncake")
+
+
+@pytest.mark.parametrize("layout", ["layer_first", "page_first", "page_first_direct", "page_head"])
+def test_k_and_v_are_separate_pieces_even_in_a_one_page_pool(layout: str) -> None:
+    # A one-page pool lays K and V back to back; stores that keep K and V as two objects
+    # (Mooncake) still get two pieces, the first half K and the second V.
+    pool = HostKVPool(PAGE, PAGE, LAYERS, HEADS, DIM, layout=layout, pin_memory=False)
+    pieces = pool.page_pieces(0)
+    assert len(pieces) % 2 == 0
+    half = pool.page_bytes // 2
+    assert sum(p.nbytes for p in pieces[: len(pieces) // 2]) == half
+    assert pieces[len(pieces) // 2].ptr - pool.kv_buffer.data_ptr() == half

@@ -292,6 +292,11 @@ def page_geometry(pool: Any) -> PageGeometry:
     while k > 0 and (shape[k - 1] == 1 or strides[k - 1] == expect):
         expect *= shape[k - 1]
         k -= 1
+    # K and V are always pieces of their own (stores keep them as two objects), also where a
+    # pool happens to lay them back to back (a one-page pool).
+    dims = [d for d in _buffer_dims(pool) if d != "page"]
+    if "kv" in dims:
+        k = max(k, dims.index("kv") + 1)
     piece_elems = math.prod(shape[k:])
     outer = shape[:k]
     offsets: list[int] = []
