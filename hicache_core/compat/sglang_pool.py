@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from hicache_core.memory.host_pool import PAGE_LAYOUTS
 from hicache_core.memory.pages import (
     PageFormat,
     PageGeometry,
@@ -34,9 +35,6 @@ from hicache_core.memory.pages import (
     write_flat_page,
 )
 from hicache_core.spec.errors import LayoutError
-
-#: Layouts in which each page's K (and V) is one contiguous run (hicache's HostKVPool's list).
-PAGE_LAYOUTS: tuple[str, ...] = ("page_first", "page_first_direct", "page_head")
 
 
 def is_sglang_host_pool(pool: Any) -> bool:

@@ -36,6 +36,7 @@ from hicache_core.memory.pages import (
     page_geometry,
     page_memoryviews,
     page_view,
+    write_flat_page,
 )
 from hicache_core.spec.errors import LayoutError
 
@@ -318,17 +319,7 @@ class HostKVPool:
 
     def set_from_flat_data_page(self, index: int, data_page: torch.Tensor) -> None:
         """Write a flat page (as ``get_data_page`` returns it) into the page at ``index``."""
-        view = self._page_view(index)
-        if data_page.numel() * data_page.element_size() != view.numel() * view.element_size():
-            raise ValueError(
-                f"flat page has {data_page.numel()} elements of {data_page.dtype}, a page of this "
-                f"pool has {view.numel()} of {view.dtype}"
-            )
-        src = data_page.contiguous().view(-1)
-        if src.dtype != view.dtype:
-            # Bytes, never a value conversion: a page of another dtype is not this pool's KV.
-            src = src.view(torch.uint8).view(view.dtype)
-        view.copy_(src.reshape(view.shape))
+        write_flat_page(self, index // self.page_size, data_page)
 
     # Plain names for the same two operations, for code that is not SGLang-shaped.
     def read_page(self, page: int) -> torch.Tensor:
