@@ -107,7 +107,7 @@ def test_flat_page_round_trip(layout: str, mla: bool) -> None:
     assert torch.equal(pool.read_page(3), data)
     dummy = pool.get_dummy_flat_data_page()
     assert dummy.numel() == data.numel() and not bool(dummy.any())
-    with pytest.raises(ValueError, match="elements"):
+    with pytest.raises(ValueError, match="bytes"):
         pool.set_from_flat_data_page(0, data[:-1])
 
 
