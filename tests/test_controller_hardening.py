@@ -220,6 +220,24 @@ def test_file_config_is_validated_before_anything_is_created(
         ctl.close()
 
 
+@pytest.mark.parametrize(("backend", "extra", "expect"), [
+    ("nixl", {"plugin": "POSIX", "storage_dirr": "/tmp/x"}, "did you mean 'storage_dir'"),
+    ("mooncake", {"master_server_adress": "127.0.0.1:1"}, "did you mean 'master_server_address'"),
+    ("hf3fs", {"file_path_prefx": "/tmp/x"}, "did you mean 'file_path_prefix'"),
+])
+def test_declared_options_are_the_schema_of_backends_without_a_model(backend: str, extra: dict[str, object],
+                                                                       expect: str) -> None:
+    """A typo in a backend's key silently meant its default; now it is refused, nearest key named."""
+    pool = make_pool(pages=64)
+    ctl = StorageController(pool)
+    try:
+        with pytest.raises(ControllerError, match=expect):
+            ctl.attach(backend, extra)
+        assert not ctl.attached
+    finally:
+        ctl.close()
+
+
 # ---------------------------------------------------------------------------- counters
 def test_backend_counters_reach_metrics_and_status(tmp_path: Path) -> None:
     pool = make_pool()

@@ -90,6 +90,14 @@ def unknown_key_message(backend: str, unknown: list[str], known: Iterable[str]) 
             f"{', '.join(known_list) or 'none'}")
 
 
+def check_declared_keys(backend: str, extra: dict[str, Any], declared: Iterable[str]) -> None:
+    """Refuse extra-config keys that are neither declared by the backend's plugin nor common."""
+    known = set(declared) | COMMON_KEYS
+    unknown = [k for k in extra if k not in known]
+    if unknown:
+        raise BackendConfigError(unknown_key_message(backend, unknown, set(declared)))
+
+
 def check_config_model(backend: str, cls: type | None, extra: dict[str, Any]) -> None:
     """Validate ``extra`` against ``cls.config_model`` when the class declares one."""
     model = getattr(cls, "config_model", None) if cls is not None else None

@@ -9,7 +9,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from hicache_core.controller.attach_check import check_config_model, check_paths, probe_store
+from hicache_core.controller.attach_check import (
+    check_config_model,
+    check_declared_keys,
+    check_paths,
+    probe_store,
+)
 from hicache_core.controller.errors import ControllerError
 from hicache_core.controller.faults import FaultInjectingStorage
 from hicache_core.controller.ratelimit import limit_backend_logs
@@ -66,6 +71,10 @@ class SessionBuilderMixin:
             check_config_model(name, model_cls, extra)
         else:
             spec_names = self._declared_options(name)
+            if spec_names:
+                # The plugin's declared options are its schema: an unknown key is refused,
+                # with the nearest declared one named (a typo never silently means a default).
+                check_declared_keys(name, extra, spec_names)
             check_paths(name, extra, names=spec_names)
         self._shown_fields = public_fields(name, cls)
 

@@ -23,6 +23,10 @@ CAPABILITIES = Capabilities(
 # live in hicache_mooncake.config (SGLang's) and are named in each help text.
 CONFIG_OPTIONS: tuple[ConfigOption, ...] = (
     ConfigOption(
+        "config_path", None,
+        "a JSON file with the same keys (SGLang's Mooncake config file)", env="MOONCAKE_CONFIG_PATH",
+    ),
+    ConfigOption(
         "master_server_address", None,
         "host:port of mooncake_master's RPC service (required, here or in the config file/env)",
         env="MOONCAKE_MASTER",
