@@ -42,6 +42,9 @@ def test_metrics_move(tmp_path: Path) -> None:
         assert (m.sample("hicache_prefetch_bandwidth_gbps_count") or 0) >= 1
         assert (m.sample("hicache_backup_bandwidth_last_gbps") or 0) > 0
         assert (m.sample("hicache_prefetch_bandwidth_last_gbps") or 0) > 0
+        # Time in the load calls and per request, for L3 -> L2 bandwidth and prefetch latency.
+        assert ctl.status()["counters"]["prefetch_seconds"] > 0
+        assert m.sample("hicache_prefetch_request_seconds_count") == 1
         fault_switch(tmp_path.name).fail_all = True
         hs = hashes(2)
         idx = fill_pages(pool, hs)

@@ -42,6 +42,7 @@ class _Families:
     attach_total: Counter
     detach_total: Counter
     prefetch_bw: Histogram
+    prefetch_request_seconds: Histogram
     backup_bw: Histogram
     prefetch_bw_last: Gauge
     backup_bw_last: Gauge
@@ -82,6 +83,11 @@ def _make_families(registry: CollectorRegistry) -> _Families:
         backup_bw=Histogram(
             "hicache_backup_bandwidth_gbps", "GB/s of each L2 -> L3 batch", ["rank"],
             buckets=_BANDWIDTH_BUCKETS, registry=r,
+        ),
+        prefetch_request_seconds=Histogram(
+            "hicache_prefetch_request_seconds", "Seconds of one request's L3 prefetch (lookup + loads) that hit",
+            ["rank"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+            registry=r,
         ),
         prefetch_bw_last=Gauge(
             "hicache_prefetch_bandwidth_last_gbps", "GB/s of the last L3 -> L2 batch", ["rank"], registry=r
@@ -182,7 +188,8 @@ class ControllerMetrics:
         self._f = _families_for(self.registry)
         self._lock = threading.Lock()
         self.counters: dict[str, float] = {
-            "prefetch_requests": 0, "prefetch_pages": 0, "prefetch_bytes": 0, "hit_tokens": 0,
+            "prefetch_requests": 0, "prefetch_pages": 0, "prefetch_bytes": 0, "prefetch_seconds": 0,
+            "hit_tokens": 0,
             "backup_requests": 0, "backup_pages": 0, "backup_bytes": 0, "backup_failed_pages": 0,
             "failures": 0, "timeouts": 0, "attaches": 0, "attach_failures": 0, "detaches": 0,
             "breaker_trips": 0, "reattaches": 0, "refused_pages": 0, "queue_overflows": 0,
@@ -211,14 +218,21 @@ class ControllerMetrics:
         self._f.prefetch_requests.labels(rank=self.rank).inc()
 
     def prefetched(self, pages: int, nbytes: int, seconds: float) -> None:
+        """``pages`` (``nbytes``) loaded from L3 into L2 by one backend call of ``seconds``."""
         self._add("prefetch_pages", pages)
         self._add("prefetch_bytes", nbytes)
+        self._add("prefetch_seconds", seconds)
         self._f.prefetch_pages.labels(rank=self.rank).inc(pages)
         self._f.prefetch_bytes.labels(rank=self.rank).inc(nbytes)
         if nbytes and seconds > 0:
             gbps = nbytes / seconds / 1e9
             self._f.prefetch_bw.labels(rank=self.rank).observe(gbps)
             self._f.prefetch_bw_last.labels(rank=self.rank).set(gbps)
+
+    def prefetch_finished(self, seconds: float, pages: int) -> None:
+        """One request's whole L3 prefetch (lookup and loads) took ``seconds`` for ``pages``."""
+        if pages:
+            self._f.prefetch_request_seconds.labels(rank=self.rank).observe(seconds)
 
     def hit(self, tokens: int) -> None:
         self._add("hit_tokens", tokens)

@@ -255,8 +255,10 @@ class Session:
                     op.finish("backend detached")
                     continue
                 self._current_ops.add(op)
+            t0 = time.perf_counter()
             try:
                 op.finish(self._run_prefetch(op))
+                self.metrics.prefetch_finished(time.perf_counter() - t0, op.loaded_pages)
             except Exception as exc:  # a bug here must not kill the worker
                 log.exception("prefetch failed")
                 op.finish(f"prefetch failed: {type(exc).__name__}: {exc}")
