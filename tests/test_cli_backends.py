@@ -78,3 +78,18 @@ def test_table_output(only_file_installed: BackendRegistry, capsys: pytest.Captu
     assert "hicache storage backends" in out
     for text in ("file", "hicache-file", "available", "not installed", "pip install hicache-mooncake", "dynamic"):
         assert text in out
+
+
+def test_json_deep_shows_each_backends_config_schema() -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hicache_core.cli.main", "backends", "--json", "--deep"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    rows = {r["name"]: r for r in json.loads(out)}
+    file_schema = rows["file"]["config_schema"]
+    assert {"path", "scheme", "max_bytes"} <= set(file_schema["properties"])  # from FileStore.config_model
+    assert file_schema.get("additionalProperties") is False
+    if rows.get("nixl", {}).get("status") == "available":  # from the plugin's declared options
+        assert "storage_dir" in rows["nixl"]["config_schema"]["properties"]

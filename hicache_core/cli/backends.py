@@ -33,7 +33,21 @@ def run(args: argparse.Namespace) -> int:
     loaded = args.deep or args.json
     rows = default_registry().describe(deep=args.deep, load_classes=loaded)
     if args.json:
-        print(json.dumps([r.to_dict() for r in rows], indent=2))
+        out = [r.to_dict() for r in rows]
+        if args.deep:
+            # The config schema lives on the backend class (config_model): only --deep imports it.
+            from hicache_core.controller.backend_models import config_schema
+
+            registry = default_registry()
+            for row in out:
+                if row["status"] == "available":
+                    try:
+                        row["config_schema"] = config_schema(
+                            row["name"], registry.load_class(row["name"]), registry.spec(row["name"]).config_options
+                        )
+                    except Exception as exc:  # a listing never fails on one backend
+                        row["config_schema_error"] = f"{type(exc).__name__}: {exc}"
+        print(json.dumps(out, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table

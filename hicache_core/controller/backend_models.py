@@ -9,14 +9,29 @@ a did-you-mean hint, wrong types refused, empty or relative paths refused. Field
 
 from __future__ import annotations
 
+from typing import Any
 
-def config_schema(name: str, cls: type | None = None) -> dict[str, object] | None:
-    """The JSON schema of ``name``'s extra config (its class's ``config_model``), or None.
 
-    For ``hicache backends --json``: a listing can show it without creating the backend.
+def config_schema(name: str, cls: type | None = None, options: Any = ()) -> dict[str, object] | None:
+    """The JSON schema of ``name``'s extra config, or None when nothing declares one.
+
+    From the class's ``config_model`` when it has one; else from the plugin's declared
+    ``ConfigOption``s (names, help, defaults, env vars; the keys attach accepts).
+    For ``hicache backends --json --deep``.
     """
     model = getattr(cls, "config_model", None) if cls is not None else None
     if model is None or not hasattr(model, "model_json_schema"):
-        return None
+        if not options:
+            return None
+        props: dict[str, object] = {}
+        for opt in options:
+            prop: dict[str, object] = {"description": opt.help}
+            if opt.default is not None:
+                prop["default"] = opt.default
+            if opt.env:
+                prop["env"] = opt.env
+            props[opt.name] = prop
+        return {"title": f"{name} extra config", "type": "object", "properties": props,
+                "required": [o.name for o in options if o.required], "additionalProperties": False}
     schema: dict[str, object] = model.model_json_schema()
     return schema
