@@ -93,3 +93,17 @@ def test_json_deep_shows_each_backends_config_schema() -> None:
     assert file_schema.get("additionalProperties") is False
     if rows.get("nixl", {}).get("status") == "available":  # from the plugin's declared options
         assert "storage_dir" in rows["nixl"]["config_schema"]["properties"]
+
+
+def test_table_fits_80_columns_without_wrapping_names() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80"}
+    out = subprocess.run([sys.executable, "-m", "hicache_core.cli.main", "backends"], capture_output=True,
+                         text=True, timeout=120, check=True, env=env).stdout
+    lines = out.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    names = {line.split("│")[1].strip() for line in lines if line.startswith("│") and line.split("│")[1].strip()}
+    assert {"file", "mooncake", "dynamic"} <= names, names  # whole, never "moonca" / "ke"

@@ -52,15 +52,20 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    # Names, versions and statuses never wrap (at 80 columns they did); long text folds. A
+    # narrow terminal drops the distribution column (--json has it) to leave the text room.
+    wide = console.width >= 110
     table = Table(title="hicache storage backends")
-    for col in ("name", "distribution", "version", "status", "capabilities", "reason / install hint"):
-        table.add_column(col, overflow="fold")
+    for col in ("name", "distribution", "version", "status") if wide else ("name", "version", "status"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("capabilities", overflow="fold", min_width=20)
+    table.add_column("reason / install hint", overflow="fold", min_width=14)
     style = {"available": "green", "unavailable": "red", "not installed": "yellow"}
     for r in rows:
         note = r.reason or ("" if r.status == "available" else r.install_hint)
-        table.add_row(
-            r.name, r.distribution or "", r.version or "", f"[{style[r.status]}]{r.status}[/]",
-            ", ".join(r.capabilities) if loaded or r.source != "class" else "[dim](--deep to load)[/]", note,
-        )
-    Console().print(table)
+        caps = ", ".join(r.capabilities) if loaded or r.source != "class" else "[dim](--deep to load)[/]"
+        first = (r.name, r.distribution or "") if wide else (r.name,)
+        table.add_row(*first, r.version or "", f"[{style[r.status]}]{r.status}[/]", caps, note)
+    console.print(table)
     return 0
