@@ -65,6 +65,22 @@ class SGLangHostPoolView:
             raise AttributeError(name)
         return getattr(self.sglang_pool, name)
 
+    def head_group_view(self, group: int, groups: int) -> SGLangHostPoolView:
+        """Heads ``group*H/groups .. (group+1)*H/groups`` of a ``page_head`` pool, as a pool.
+
+        The same zero-copy view as ``HostKVPool.head_group_view``, over SGLang's own buffer:
+        how SGLang's ``tp_lcm_size`` pages are stored as head groups (plugins/split_heads.py).
+        """
+        if str(self.sglang_pool.layout) != "page_head":
+            raise LayoutError(f"head groups need the page_head layout, this pool is {self.sglang_pool.layout!r}")
+        heads = self.page_format.head_num
+        if groups <= 0 or heads % groups or not 0 <= group < groups:
+            raise ValueError(f"cannot split {heads} heads into {groups} groups (group {group})")
+        per = heads // groups
+        buf = self.sglang_pool.kv_buffer  # (2, pages, heads, page, layers, dim)
+        return SGLangHostPoolView(_Overridden(self.sglang_pool, kv_buffer=buf[:, :, group * per : (group + 1) * per],
+                                              head_num=per))
+
     # ------------------------------------------------------------------ geometry
     @property
     def page_num(self) -> int:
@@ -149,3 +165,16 @@ def as_hicache_pool(pool: Any) -> Any:
     if isinstance(pool, SGLangHostPoolView) or not is_sglang_host_pool(pool):
         return pool
     return SGLangHostPoolView(pool)
+
+
+class _Overridden:
+    """An SGLang pool with a few attributes replaced (a head group's buffer and head count)."""
+
+    def __init__(self, pool: Any, **overrides: Any) -> None:
+        self.__dict__.update(overrides)
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "_pool":
+            raise AttributeError(name)
+        return getattr(self._pool, name)

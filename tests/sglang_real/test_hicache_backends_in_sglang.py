@@ -257,3 +257,30 @@ def test_v2_sidecar_pool_through_the_bridge(bridge_extra: Callable[..., dict[str
     ])
     assert got == {PoolName.KV: [True] * 3, PoolName.MAMBA: [True] * 3}
     assert read_pages(pool, dest) == expected and torch.equal(state.kv_buffer[st_dest], want_states)
+
+
+def test_sglang_tp_lcm_size_pages_are_shared_across_tp_sizes(tmp_path: Any, bridge_extra: Callable[..., dict[str, Any]],
+                                                             opened: list[Any]) -> None:
+    """SGLang's ``tp_lcm_size`` (should_split_heads, page_head): a TP-1 SGLang rank stores each page
+    as head groups through the bridge; each rank of a TP-2 hicache node reads its own heads."""
+    from hicache_core import HiCacheStorageConfig, HostKVPool, create_backend
+
+    extra = {**bridge_extra("file"), "path": str(tmp_path / "l3")}
+    backend, pool = sglang_create("mha", "page_head", extra, opened, tp_lcm_size=2, should_split_heads=True)
+    ks = keys_for("lcm", 3)
+    idx, expected = fill_pages(pool, 3, seed=11)
+    assert backend.batch_set_v1(ks, idx, SGLangExtraInfo(prefix_keys=None)) == [True] * 3
+    heads = pool.head_num
+    for rank in (0, 1):
+        half = HostKVPool(16 * pool.page_size, pool.page_size, pool.layer_num, heads // 2, pool.head_dim,
+                          dtype=pool.dtype, layout="page_head", pin_memory=False)
+        cfg = HiCacheStorageConfig(model_name="sglang-real/model", tp_rank=rank, tp_size=2,
+                                   extra_config={"path": str(tmp_path / "l3")})
+        reader = create_backend("file", cfg, half)
+        opened.append(reader)
+        dst = half.pages_to_indices([5, 2, 9])
+        assert reader.batch_get_v1(ks, dst) == [True] * 3
+        for i, page in enumerate([5, 2, 9]):
+            whole = torch.frombuffer(bytearray(expected[i]), dtype=torch.uint8).view(pool.dtype).view(2, heads, -1)
+            assert torch.equal(half.read_page(page).view(2, heads // 2, -1),
+                               whole[:, rank * heads // 2 : (rank + 1) * heads // 2])
