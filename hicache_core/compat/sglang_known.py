@@ -33,12 +33,14 @@ KNOWN_SGLANG_CLASSES: dict[str, KnownSGLangClass] = {
     # Objects in a Mooncake cluster every client of the master sees; zero-copy only; MHA pages
     # need page-contiguous host memory (its layer_first meta does not pair keys with pointers).
     "sglang.srt.mem_cache.storage.mooncake_store.mooncake_store.MooncakeStore": KnownSGLangClass(
-        Capabilities(zero_copy_v1=True, clear=True, shared=True, requires_page_layout=True, mla=True),
+        # Flat pages go through its v1 calls, so every page is a KV page: no sidecar pools.
+        Capabilities(zero_copy_v1=True, clear=True, shared=True, requires_page_layout=True, mla=True,
+                     sidecar_pools=False),
         flat_pages_via_v1=True,
     ),
     # NIXL plugins (POSIX files here); v1 only: its get/set raise "deprecated; use batch_get_v1".
     "sglang.srt.mem_cache.storage.nixl.hicache_nixl.HiCacheNixl": KnownSGLangClass(
-        Capabilities(zero_copy_v1=True, clear=True, persistent=True, mla=True),
+        Capabilities(zero_copy_v1=True, clear=True, persistent=True, mla=True, sidecar_pools=False),
         flat_pages_via_v1=True, v1_reads_present_only=True,
     ),
 }

@@ -74,7 +74,9 @@ class DurabilityChecks(KitBase):
             child.kill9()
             why = first.get("error") if first else "no report within 120 s"
             pytest.fail(f"{prop}: the writer child did not finish its first batch: {why}")
-        time.sleep(KILL_DELAY_S)  # it is writing further batches now
+        # Kill while the next batch is being written (its "started" comes right before the write).
+        child.wait_for(lambda r: r.get("event") == "started" and int(r.get("batch", 0)) >= 1, timeout=30)
+        time.sleep(KILL_DELAY_S)
         signal_no = child.kill9()
         stored = child.stored()
         if not any(all(s) for s in stored.values()):

@@ -195,9 +195,10 @@ def _write(
     backend.register_mem_pool_host(pool)
     for b in range(plan.max_batches):
         ks = batch_keys(plan.prefix, b, plan.pages)
-        _send(fd, {"event": "started", "batch": b})
         idx = pool.alloc(len(ks) * pool.page_size)
         fill_pages(pool, pool.indices_to_pages(idx), plan.seed + b)
+        # "started" right before the write: the kit kills while a batch is being written.
+        _send(fd, {"event": "started", "batch": b})
         stored = backend.batch_set_v1(ks, idx)
         _send(fd, {"event": "done", "batch": b, "stored": [bool(s) for s in (stored or [False] * len(ks))]})
         pool.free(idx)

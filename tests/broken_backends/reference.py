@@ -139,8 +139,9 @@ class DirStore(ByteStore):
                 data = f.read()
         except FileNotFoundError:
             return None
-        expected = self._expected_nbytes()
-        return None if expected is not None and len(data) != expected else data
+        # Writes are atomic (temp + rename), so a file is a whole page of whatever pool wrote it
+        # (KV or a v2 sidecar state); get() refuses one of another size than its target.
+        return data
 
     def delete(self, key: str) -> bool:
         try:
