@@ -62,7 +62,7 @@ class V2PoolTransferChecks:
                   ) -> tuple[HiCacheStorage, list[str], dict[str, Any]]:
         state = HostStatePool(16, (3, 5), dtype=torch.float32)
         backend, pool = _attach(open_backend, state, config, opened)
-        if not type(backend).capabilities.sidecar_pools:
+        if not backend.capabilities.sidecar_pools:
             pytest.skip(f"{type(backend).__name__} declares capabilities.sidecar_pools=False (v2 sidecars are misses)")
         # Fresh tokens per call: a shared store keeps earlier tests' pages under the same namespace.
         base = random.randrange(1 << 30)
@@ -158,7 +158,7 @@ class V2PoolTransferChecks:
         assert res == {"kv": [True] * 3}, f"v2 KV-only set: {res}"
         found = backend.batch_exists_v2(keys, [])
         assert found.kv_hit_pages == 3, f"v2 KV-only exists: {found}"
-        if type(backend).capabilities.sidecar_pools:
+        if backend.capabilities.sidecar_pools:
             return
         st_idx = _scattered(state, 3)
         sres = backend.batch_set_v2([PoolTransfer(PoolName.MAMBA, host_indices=st_idx, keys=keys,
