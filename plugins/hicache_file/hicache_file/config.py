@@ -59,7 +59,7 @@ class FileStoreSettings:
             raise BackendConfigError(
                 f"file backend: 'checksum' must be one of {', '.join(CHECKSUMS)}, got {checksum!r}"
             )
-        io_threads = _int(extra, "io_threads", DEFAULT_IO_THREADS, minimum=1)
+        io_threads = read_int(extra, "io_threads", DEFAULT_IO_THREADS, minimum=1)
         scheme = scheme_of(extra)
         layout = _choice(extra, "sglang_layout", SGLANG_LAYOUTS)
         dtype = extra.get("sglang_dtype")
@@ -70,12 +70,12 @@ class FileStoreSettings:
             )
         return cls(
             path=os.path.abspath(os.fspath(path)),
-            max_bytes=_size(extra, "max_bytes"),
-            max_pages=_int(extra, "max_pages", None, minimum=1),
-            fsync=_bool(extra, "fsync", False),
+            max_bytes=read_size(extra, "max_bytes"),
+            max_pages=read_int(extra, "max_pages", None, minimum=1),
+            fsync=read_bool(extra, "fsync", False),
             io_threads=min(int(io_threads or 1), 64),
             checksum=checksum,
-            remove_corrupt=_bool(extra, "remove_corrupt", True),
+            remove_corrupt=read_bool(extra, "remove_corrupt", True),
             scheme=scheme,
             sglang_layout=layout,
             sglang_dtype=None if dtype is None else str(dtype).removeprefix("torch."),
@@ -103,37 +103,42 @@ def _is_dtype(name: str) -> bool:
     return isinstance(getattr(torch, name.removeprefix("torch."), None), torch.dtype)
 
 
-def _bool(extra: Mapping[str, Any], key: str, default: bool) -> bool:
+def read_bool(extra: Mapping[str, Any], key: str, default: bool, who: str = "file backend") -> bool:
+    """``extra[key]`` as a bool (``default`` when absent); a bad value names the key."""
     value = extra.get(key)
     if value is None:
         return default
     try:
         return parse_bool(value)
     except ValueError:
-        raise BackendConfigError(f"file backend: '{key}' must be true or false, got {value!r}") from None
+        raise BackendConfigError(f"{who}: '{key}' must be true or false, got {value!r}") from None
 
 
-def _int(extra: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int | None:
+def read_int(extra: Mapping[str, Any], key: str, default: int | None, minimum: int,
+             who: str = "file backend") -> int | None:
+    """``extra[key]`` as an int of at least ``minimum`` (``default`` when absent or empty)."""
     value = extra.get(key)
     if value is None or value == "":
         return default
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise BackendConfigError(f"file backend: '{key}' must be an integer, got {value!r}") from None
+        raise BackendConfigError(f"{who}: '{key}' must be an integer, got {value!r}") from None
     if number < minimum:
-        raise BackendConfigError(f"file backend: '{key}' must be at least {minimum}, got {number}")
+        raise BackendConfigError(f"{who}: '{key}' must be at least {minimum}, got {number}")
     return number
 
 
-def _size(extra: Mapping[str, Any], key: str) -> int | None:
+def read_size(extra: Mapping[str, Any], key: str, default: int | None = None,
+              who: str = "file backend") -> int | None:
+    """``extra[key]`` as a positive byte count (``"64GiB"`` accepted; ``default`` when absent)."""
     value = extra.get(key)
     if value is None or value == "":
-        return None
+        return default
     try:
         size = parse_size(value)
     except ValueError as exc:
-        raise BackendConfigError(f"file backend: '{key}': {exc}") from None
+        raise BackendConfigError(f"{who}: '{key}': {exc}") from None
     if size <= 0:
-        raise BackendConfigError(f"file backend: '{key}' must be positive, got {value!r}")
+        raise BackendConfigError(f"{who}: '{key}' must be positive, got {value!r}")
     return size

@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hicache_core.config_values import parse_bool, parse_size
 from hicache_core.spec.errors import BackendConfigError
+from hicache_file.config import read_bool, read_int, read_size
 
 DEFAULT_PATH = "/tmp/hicache"
 PATH_ENV = "HICACHE_FILE_PATH"
@@ -84,40 +84,19 @@ class SegmentSettings:
         )
 
 
+WHO = "file backend (segment)"
+
+
 def _bool(extra: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = extra.get(key)
-    if value is None:
-        return default
-    try:
-        return parse_bool(value)
-    except ValueError:
-        raise BackendConfigError(f"file backend (segment): '{key}' must be true or false, got {value!r}") from None
+    return read_bool(extra, key, default, WHO)
 
 
 def _int(extra: Mapping[str, Any], key: str, default: int | None, minimum: int) -> int | None:
-    value = extra.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise BackendConfigError(f"file backend (segment): '{key}' must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise BackendConfigError(f"file backend (segment): '{key}' must be at least {minimum}, got {number}")
-    return number
+    return read_int(extra, key, default, minimum, WHO)
 
 
 def _size(extra: Mapping[str, Any], key: str, default: int | None) -> int | None:
-    value = extra.get(key)
-    if value is None or value == "":
-        return default
-    try:
-        size = parse_size(value)
-    except ValueError as exc:
-        raise BackendConfigError(f"file backend (segment): '{key}': {exc}") from None
-    if size <= 0:
-        raise BackendConfigError(f"file backend (segment): '{key}' must be positive, got {value!r}")
-    return size
+    return read_size(extra, key, default, WHO)
 
 
 def config_model() -> type:
