@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
+log = logging.getLogger("hicache_file")
+
 OPEN_READ = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
 OPEN_WRITE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
 
@@ -72,6 +76,18 @@ def pwritev_all(fd: int, bufs: list[Any], offset: int) -> int:
 def preadv_all(fd: int, bufs: list[Any], offset: int) -> int:
     """Fill the buffers from ``offset``; returns bytes read (less at end of file)."""
     return _vectored_all(os.preadv, fd, bufs, offset)
+
+
+def open_page(path: str, stats: Counter[str]) -> int | None:
+    """Open a page file to read; None (counted as a miss or a read error) when it cannot be."""
+    try:
+        return os.open(path, OPEN_READ)
+    except FileNotFoundError:
+        stats["misses"] += 1
+    except OSError as exc:
+        stats["read_errors"] += 1
+        log.warning("file backend: cannot open %s: %s", path, exc)
+    return None
 
 
 def read_whole(fd: int, bufs: list[Any]) -> int:

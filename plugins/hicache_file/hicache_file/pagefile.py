@@ -26,9 +26,9 @@ from hicache_core.spec.errors import HiCacheError
 from hicache_file.base import KV, FileSchemeBase, Item
 from hicache_file.fileio import (
     GUARD,
-    OPEN_READ,
     OPEN_WRITE,
     fsync_dir,
+    open_page,
     pwritev_all,
     read_whole,
     tmp_tag,
@@ -149,14 +149,8 @@ class PageFileStore(FileSchemeBase):
     ) -> bool:
         """Read one page file into ``views``; True only for a sound page of ``expected`` bytes."""
         path = folder.file(rel)
-        try:
-            fd = os.open(path, OPEN_READ)
-        except FileNotFoundError:
-            stats["misses"] += 1
-            return False
-        except OSError as exc:
-            stats["read_errors"] += 1
-            log.warning("file backend: cannot open %s: %s", path, exc)
+        fd = open_page(path, stats)
+        if fd is None:
             return False
         try:
             # One extra byte past the page tells a file that is too long in the same call.

@@ -31,9 +31,9 @@ from hicache_core.spec.errors import HiCacheError
 from hicache_file.base import KV, FileSchemeBase, Item
 from hicache_file.fileio import (
     GUARD,
-    OPEN_READ,
     OPEN_WRITE,
     fsync_dir,
+    open_page,
     pwritev_all,
     read_whole,
     tmp_is_stale,
@@ -179,14 +179,8 @@ class SGLangFileStore(FileSchemeBase):
 
     def _read_into(self, name: str, views: list[memoryview], expected: int, stats: Counter[str]) -> bool:
         path = os.path.join(self.root, name)
-        try:
-            fd = os.open(path, OPEN_READ)
-        except FileNotFoundError:
-            stats["misses"] += 1
-            return False
-        except OSError as exc:
-            stats["read_errors"] += 1
-            log.warning("file backend: cannot open %s: %s", path, exc)
+        fd = open_page(path, stats)
+        if fd is None:
             return False
         try:
             n = read_whole(fd, [*views, GUARD])  # the guard byte tells a file that is too long
