@@ -13,9 +13,12 @@ prefix must (Mamba/SWA states, which cover only a prefix's tail).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+import torch
 
 
 class PoolName(str, Enum):
@@ -108,3 +111,31 @@ def restorable_prefixes(present: list[bool], kv_pages: int, policy: str, window:
             n for n in range(1, kv_pages + 1) if all(present[i] for i in range(max(0, n - window), n))
         }
     raise ValueError(f"unsupported pool hit policy {policy!r}; use all_pages or trailing_pages")
+
+
+def usable_prefix(
+    kv_pages: int, transfers: Sequence[Any], present: Callable[[str, int], Sequence[bool]]
+) -> PoolTransferResult:
+    """The ``batch_exists_v2`` answer from the KV prefix and each sidecar pool's pages.
+
+    ``present(pool_name, n)`` says, per page, whether that pool holds the first ``n`` pages.
+    ``kv_hit_pages`` is the longest prefix every pool can restore under its hit policy.
+    """
+    hits: dict[str, int] = {PoolName.KV.value: kv_pages} if kv_pages else {}
+    restorable = set(range(1, kv_pages + 1))
+    for transfer in transfers:
+        if not restorable:
+            break
+        name = pool_name(transfer.name)
+        ok = restorable_prefixes(list(present(name, kv_pages)), kv_pages, pool_name(transfer.hit_policy),
+                                 len(transfer.keys or []))
+        if ok:
+            hits[name] = max(ok)
+        restorable &= ok
+    ordered = sorted(restorable)
+    return PoolTransferResult(ordered[-1] if ordered else 0, hits, ordered)
+
+
+def transfer_indices(host_indices: Any) -> torch.Tensor:
+    """A transfer's host indices as an int64 tensor (none: an empty one, which a key list refuses)."""
+    return torch.as_tensor([] if host_indices is None else host_indices, dtype=torch.int64)

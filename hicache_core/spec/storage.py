@@ -22,7 +22,13 @@ import torch
 from hicache_core.spec.capabilities import Capabilities
 from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraInfo
 from hicache_core.spec.errors import HiCacheError
-from hicache_core.spec.pools import PoolTransfer, PoolTransferResult, pool_name, restorable_prefixes
+from hicache_core.spec.pools import (
+    PoolTransfer,
+    PoolTransferResult,
+    pool_name,
+    transfer_indices,
+    usable_prefix,
+)
 
 if TYPE_CHECKING:
     from hicache_core.memory.host_pool import HostKVPool
@@ -266,20 +272,10 @@ class HiCacheStorage(ABC):
         default asks ``batch_exists`` for the KV prefix and ``exists_many`` for the sidecars.
         """
         kv_pages = int(self.batch_exists(list(keys), extra_info))
-        hits: dict[str, int] = {"kv": kv_pages} if kv_pages else {}
-        restorable = set(range(1, kv_pages + 1))
-        for transfer in pool_transfers or []:
-            if not restorable:
-                break
-            name = pool_name(transfer.name)
-            present = self.exists_many(self._sidecar_hashes(name, keys[:kv_pages]), extra_info)
-            policy = pool_name(transfer.hit_policy)
-            ok = restorable_prefixes(list(present), kv_pages, policy, len(transfer.keys or []))
-            if ok:
-                hits[name] = max(ok)
-            restorable &= ok
-        ordered = sorted(restorable)
-        return PoolTransferResult(ordered[-1] if ordered else 0, hits, ordered)
+        return usable_prefix(
+            kv_pages, pool_transfers or [],
+            lambda name, n: self.exists_many(self._sidecar_hashes(name, keys[:n]), extra_info),
+        )
 
     def batch_get_v2(
         self, transfers: list[PoolTransfer], extra_info: HiCacheStorageExtraInfo | None = None
@@ -293,7 +289,7 @@ class HiCacheStorage(ABC):
         for t in transfers:
             name, keys = pool_name(t.name), list(t.keys or [])
             if name == "kv":
-                results[name] = list(self.batch_get_v1(keys, _indices(t.host_indices), extra_info))
+                results[name] = list(self.batch_get_v1(keys, transfer_indices(t.host_indices), extra_info))
                 continue
             pool = self._v2_pool(name)
             pages = self._v2_pages(pool, keys, t.host_indices)
@@ -310,7 +306,7 @@ class HiCacheStorage(ABC):
         for t in transfers:
             name, keys = pool_name(t.name), list(t.keys or [])
             if name == "kv":
-                results[name] = list(self.batch_set_v1(keys, _indices(t.host_indices), extra_info))
+                results[name] = list(self.batch_set_v1(keys, transfer_indices(t.host_indices), extra_info))
                 continue
             pool = self._v2_pool(name)
             pages = self._v2_pages(pool, keys, t.host_indices)
@@ -345,11 +341,6 @@ class HiCacheStorage(ABC):
                 f"(page_size {pool.page_size}), got {len(host_indices)}"
             )
         return pool
-
-
-def _indices(host_indices: Any) -> torch.Tensor:
-    """A transfer's host indices as an int64 tensor (none: an empty one, which a key list refuses)."""
-    return torch.as_tensor([] if host_indices is None else host_indices, dtype=torch.int64)
 
 
 def _copy_into_pool(pool: Any, pages: list[int], values: Any, count: int) -> list[bool]:

@@ -23,7 +23,13 @@ import torch
 
 from hicache_core.spec.config import HiCacheStorageExtraInfo
 from hicache_core.spec.errors import BackendConfigError
-from hicache_core.spec.pools import PoolTransfer, PoolTransferResult, pool_name, restorable_prefixes
+from hicache_core.spec.pools import (
+    PoolTransfer,
+    PoolTransferResult,
+    pool_name,
+    transfer_indices,
+    usable_prefix,
+)
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_file.config import FileStoreSettings
 from hicache_file.fileio import bytes_view, tensor_bytes_view
@@ -270,21 +276,12 @@ class FileSchemeBase(FileStore):
     ) -> PoolTransferResult:
         """The usable prefix of ``keys`` given the KV pages and each sidecar pool's pages."""
         keys = list(keys)
-        kv_pages = self.batch_exists(keys, extra_info)
-        hits: dict[str, int] = {KV: kv_pages} if kv_pages else {}
-        restorable = set(range(1, kv_pages + 1))
-        for transfer in pool_transfers or []:
-            if not restorable:
-                break
-            name = pool_name(transfer.name)
+
+        def present(name: str, n: int) -> list[bool]:
             pp = self._sidecar(name)
-            present = [self._exists(k, pp.page_bytes, name) for k in self._sidecar_keys(name, keys[:kv_pages])]
-            ok = restorable_prefixes(present, kv_pages, pool_name(transfer.hit_policy), len(transfer.keys or []))
-            if ok:
-                hits[name] = max(ok)
-            restorable &= ok
-        ordered = sorted(restorable)
-        return PoolTransferResult(ordered[-1] if ordered else 0, hits, ordered)
+            return [self._exists(k, pp.page_bytes, name) for k in self._sidecar_keys(name, keys[:n])]
+
+        return usable_prefix(self.batch_exists(keys, extra_info), pool_transfers or [], present)
 
     def batch_get_v2(
         self, transfers: list[PoolTransfer], extra_info: HiCacheStorageExtraInfo | None = None
@@ -294,7 +291,7 @@ class FileSchemeBase(FileStore):
         for t in transfers:
             name, keys = pool_name(t.name), list(t.keys or [])
             if name == KV:
-                results[name] = self.batch_get_v1(keys, _indices(t.host_indices), extra_info)
+                results[name] = self.batch_get_v1(keys, transfer_indices(t.host_indices), extra_info)
                 continue
             pp = self._sidecar(name)
             items = list(zip(self._sidecar_keys(name, keys), [pp.views(p) for p in _pages(pp, keys, t.host_indices)]))
@@ -309,16 +306,12 @@ class FileSchemeBase(FileStore):
         for t in transfers:
             name, keys = pool_name(t.name), list(t.keys or [])
             if name == KV:
-                results[name] = self.batch_set_v1(keys, _indices(t.host_indices), extra_info)
+                results[name] = self.batch_set_v1(keys, transfer_indices(t.host_indices), extra_info)
                 continue
             pp = self._sidecar(name)
             items = list(zip(self._sidecar_keys(name, keys), [pp.views(p) for p in _pages(pp, keys, t.host_indices)]))
             results[name] = self._write_batch(items, pp.page_bytes, name)
         return results
-
-
-def _indices(host_indices: Any) -> torch.Tensor:
-    return torch.as_tensor([] if host_indices is None else host_indices, dtype=torch.int64)
 
 
 def _pages(pp: PoolPages, keys: Sequence[str], host_indices: Any) -> list[int]:
