@@ -31,6 +31,9 @@ def register(sub: Any) -> None:
     pace.add_argument("--as-fast-as-possible", action="store_true", help="ignore timestamps (the default)")
     p.add_argument("--timestamp-unit", choices=("ms", "s", "us"), default="ms",
                    help="unit of the trace's timestamps (Mooncake traces: ms, the default); only --speed uses them")
+    p.add_argument("--block-tokens", type=int, default=None, metavar="N",
+                   help="tokens per block id (Mooncake traces: 512, Qwen traces: 16); default: inferred from "
+                        "the trace's input_length against its block counts")
     p.add_argument("--max-gap", type=float, default=None, metavar="SECONDS",
                    help="with --speed: wait at most this long between two requests; longer idle gaps are cut "
                         "and later requests keep their spacing")
@@ -49,11 +52,12 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from hicache_core.controller import ControllerError
+    from hicache_core.node.tokens import check_page_fits_blocks
     from hicache_core.replay.reference import prefix_reuse
     from hicache_core.replay.report import print_report, write_plot
     from hicache_core.replay.runner import replay
     from hicache_core.replay.targets import HttpTarget, LocalTarget, Target
-    from hicache_core.replay.trace import load_trace, sample_trace_path
+    from hicache_core.replay.trace import MOONCAKE_BLOCK_TOKENS, load_trace, sample_trace_path
     from hicache_core.spec.errors import HiCacheError
 
     err = Console(stderr=True)
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         err.print("[red]--speed must be positive and --max-gap must not be negative[/]")
         return 2
     try:
-        requests = load_trace(args.trace or sample_trace_path(), args.limit, args.timestamp_unit)
+        requests = load_trace(args.trace or sample_trace_path(), args.limit, args.timestamp_unit, args.block_tokens)
     except (OSError, ValueError) as exc:
         err.print(f"[red]{exc}[/]")
         return 2
@@ -74,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         if hours > 1.0 and args.max_gap is None:
             err.print(f"[yellow]paced replay will take up to {hours:.1f} h at --speed {args.speed:g}; if the "
                       "timestamps are not in ms give --timestamp-unit, or cut idle gaps with --max-gap[/]", soft_wrap=True)
+    block = requests[0].block_tokens
+    if args.block_tokens is None and block != MOONCAKE_BLOCK_TOKENS and not args.json:
+        err.print(f"trace blocks: {block} tokens each (inferred from input_length; --block-tokens overrides)")
     target: Target
     if args.url:
         http = HttpTarget(args.url, api_key=args.api_key)
@@ -89,13 +96,10 @@ def run(args: argparse.Namespace) -> int:
 
         try:
             config = node_config_from_args(args)
-            if config.page_size > 0 and 512 % config.page_size:
-                # Fail before the replay, not once per request: trace blocks are 512 tokens.
-                raise ValueError(f"--page-size {config.page_size} does not divide the trace's block of 512 tokens; "
-                                 "use one that does (e.g. 16, 32, 64, 128, 256, 512)")
+            check_page_fits_blocks(config.page_size, block)  # before the replay, not once per request
             if args.unbounded:
                 blocks = prefix_reuse(requests).distinct_blocks
-                config.device_capacity_tokens = (blocks + 1) * 512
+                config.device_capacity_tokens = (blocks + 1) * max(block, config.page_size)
                 config.host_capacity_tokens = config.page_size * 8
             node = Node(config)
         except (ControllerError, HiCacheError, ValueError) as exc:

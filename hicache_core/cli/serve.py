@@ -30,7 +30,7 @@ def register(sub: Any) -> None:
     p.add_argument("--admin-api-key-file", default=None, metavar="PATH",
                    help="read the admin key from the first line of this file")
     p.add_argument("--max-request-tokens", type=int, default=1 << 21,
-                   help="largest /generate request in tokens (input_ids, hash_ids x 512, input_length); "
+                   help="largest /generate request in tokens (input_ids, hash_ids x block_tokens, input_length); "
                         "default 2097152")
     p.add_argument("--log-level", default="warning", help="uvicorn log level (default warning)")
     add_node_arguments(p)

@@ -35,6 +35,7 @@ from hicache_core.controller import ControllerError
 from hicache_core.node.node import Node
 from hicache_core.node.tokens import CacheRequest, request_from_block_ids, request_from_token_ids
 from hicache_core.plugins.dynamic import check_dynamic_request
+from hicache_core.replay.trace import MAX_BLOCK_TOKENS
 from hicache_core.spec.errors import HiCacheError
 from hicache_core.version import __version__
 
@@ -83,6 +84,8 @@ class GenerateBody(BaseModel):
     input_ids: list[int] | None = None
     hash_ids: list[int] | None = None
     input_length: int | None = None
+    #: Tokens per block id: 512 in the Mooncake traces (the default), 16 in Alibaba's Qwen traces.
+    block_tokens: int = 512
     rid: str | None = None
 
 
@@ -250,8 +253,11 @@ def _to_request(body: GenerateBody, page_size: int, limits: RequestLimits | None
                              "(hicache serve --max-request-tokens)")
         return request_from_token_ids(body.input_ids, page_size, rid)
     if body.hash_ids is not None:
-        if len(body.hash_ids) > limits.max_blocks():
-            raise ValueError(f"{len(body.hash_ids):,} hash_ids ({len(body.hash_ids) * 512:,} tokens) are over the "
+        block = body.block_tokens
+        if not 1 <= block <= MAX_BLOCK_TOKENS:
+            raise ValueError(f"block_tokens must be in 1..{MAX_BLOCK_TOKENS} (Mooncake traces: 512), got {block}")
+        if len(body.hash_ids) > limits.max_blocks(block):
+            raise ValueError(f"{len(body.hash_ids):,} hash_ids ({len(body.hash_ids) * block:,} tokens) are over the "
                              f"limit of {cap:,} tokens per request (hicache serve --max-request-tokens)")
         if body.input_length is not None:
             if body.input_length < 0:
@@ -259,5 +265,5 @@ def _to_request(body: GenerateBody, page_size: int, limits: RequestLimits | None
             if body.input_length > cap:
                 raise ValueError(f"input_length {body.input_length:,} is over the limit of {cap:,} tokens per "
                                  "request (hicache serve --max-request-tokens)")
-        return request_from_block_ids(body.hash_ids, body.input_length, page_size, rid)
+        return request_from_block_ids(body.hash_ids, body.input_length, page_size, rid, block_tokens=block)
     raise ValueError('the request needs "input_ids": [token ids] or "hash_ids": [block ids] with "input_length"')

@@ -1,7 +1,8 @@
 """Requests as the node sees them: token ids or Mooncake block ids, and their page hashes.
 
-Mooncake traces give ``hash_ids``: one id per block of 512 tokens, equal ids at equal positions
-meaning a reusable prefix. The node turns each block id into 512 token ids that are a pure
+Mooncake traces give ``hash_ids``: one id per block of tokens (512 in the Mooncake traces, 16 in
+Alibaba's Qwen traces), equal ids at equal positions meaning a reusable prefix. The node turns
+each block id into that many token ids that are a pure
 function of the id, so equal block ids give equal tokens and, through SGLang's hash chain,
 equal page hashes. Hashing goes through numpy bytes: the digests equal ``keys.get_hash_str``.
 """
@@ -61,7 +62,7 @@ class CacheRequest:
     """One request: its page hashes and how many of its tokens count as input.
 
     ``input_tokens`` is what the client sent (``input_length`` for block-id requests, whose
-    last block may be partial: the trace counts a hit block as 512 tokens capped at the
+    last block may be partial: the trace counts a hit block as a whole block capped at the
     input length, and so does the node).
     """
 
@@ -84,6 +85,18 @@ def request_from_token_ids(token_ids: Sequence[int], page_size: int, rid: str = 
     return CacheRequest(tuple(hashes), int(arr.size), page_size, rid)
 
 
+def check_page_fits_blocks(page_size: int, block_tokens: int) -> None:
+    """A page must hold whole blocks or a block whole pages, or a page's hit would not be the
+    trace's: a page straddling two blocks would hit only where both repeat."""
+    if page_size <= 0 or block_tokens <= 0:
+        raise ValueError(f"page size ({page_size}) and block size ({block_tokens}) must be positive")
+    if block_tokens % page_size and page_size % block_tokens:
+        raise ValueError(
+            f"--page-size {page_size} does not divide the trace's block of {block_tokens} tokens, nor is it a "
+            f"multiple of it; use a --page-size that divides {block_tokens} or is a multiple of it"
+        )
+
+
 def request_from_block_ids(
     hash_ids: Sequence[int], input_length: int | None, page_size: int, rid: str = "",
     block_tokens: int = MOONCAKE_BLOCK_TOKENS,
@@ -93,11 +106,7 @@ def request_from_block_ids(
     An ``input_length`` beyond the blocks is kept: the tokens past the last block have no block
     id, so they are input that never hits (as the trace's own figure counts them).
     """
-    if block_tokens % page_size:
-        raise ValueError(
-            f"page size {page_size} does not divide the trace's block of {block_tokens} tokens; "
-            f"use a --page-size that divides {block_tokens} (e.g. 16, 32, 64, 128, 256, 512)"
-        )
+    check_page_fits_blocks(page_size, block_tokens)
     if any(int(b) < 0 for b in hash_ids):
         raise ValueError("hash_ids must be non-negative integers")
     total = len(hash_ids) * block_tokens

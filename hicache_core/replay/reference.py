@@ -2,8 +2,8 @@
 
 As ``shared/traces/README.md`` counts it: requests in file order; block ``j`` of a request
 hits when the same prefix of block ids (``hash_ids[:j+1]``) appeared in an earlier request
-and every block before it hit too; hit tokens are ``hit blocks x 512`` capped at
-``input_length``. Prefixes are interned in a trie, so the cost is linear in the blocks.
+and every block before it hit too; hit tokens are ``hit blocks x block tokens`` (512 in the
+Mooncake traces) capped at ``input_length``. Prefixes are interned in a trie, so the cost is linear in the blocks.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from hicache_core.replay.trace import TraceRequest
-
-BLOCK_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,8 @@ class ReuseFigures:
         return out
 
 
-def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int = BLOCK_TOKENS) -> ReuseFigures:
+def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int | None = None) -> ReuseFigures:
+    """The figures of ``requests``; ``block_tokens`` overrides each request's own block size."""
     trie: dict[tuple[int, int], int] = {}  # (parent prefix id, block id) -> prefix id
     count = blocks = hit_blocks = input_tokens = hit_tokens = 0
     first = last = None
@@ -65,6 +64,6 @@ def prefix_reuse(requests: Iterable[TraceRequest], block_tokens: int = BLOCK_TOK
         blocks += len(req.hash_ids)
         hit_blocks += hits
         input_tokens += req.input_length
-        hit_tokens += min(hits * block_tokens, req.input_length)
+        hit_tokens += min(hits * (block_tokens or req.block_tokens), req.input_length)
     span = ((last or 0) - (first or 0)) / 1000.0
     return ReuseFigures(count, len(trie), blocks, hit_blocks, input_tokens, hit_tokens, span)

@@ -31,6 +31,7 @@ class HttpTarget:
     def send(self, req: TraceRequest) -> dict[str, Any]:
         resp = self._client.post("/generate", json={
             "rid": f"trace-{req.index}", "hash_ids": list(req.hash_ids), "input_length": req.input_length,
+            "block_tokens": req.block_tokens,
         })
         if resp.status_code != 200:
             raise RuntimeError(f"HTTP {resp.status_code}: {resp.text[:300]}")
@@ -70,7 +71,8 @@ class LocalTarget:
         self._make = request_from_block_ids
 
     def send(self, req: TraceRequest) -> dict[str, Any]:
-        creq = self._make(req.hash_ids, req.input_length, self.node.config.page_size, rid=f"trace-{req.index}")
+        creq = self._make(req.hash_ids, req.input_length, self.node.config.page_size, rid=f"trace-{req.index}",
+                          block_tokens=req.block_tokens)
         out: dict[str, Any] = self.node.process(creq).to_dict()
         return out
 

@@ -1,5 +1,10 @@
 """Mooncake-format traces: one JSON object per line with ``timestamp`` (ms), ``input_length``,
-``output_length`` and ``hash_ids`` (one id per 512-token block)."""
+``output_length`` and ``hash_ids`` (one id per block of tokens).
+
+A block is 512 tokens in the Mooncake FAST'25 traces and 16 in Alibaba's Qwen (Bailian)
+traces, which share the format. The trace does not say which, so the loader infers it from the
+rows' ``input_length`` against their block counts (``infer_block_tokens``), unless told.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,9 @@ import gzip
 import io
 import json
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -24,6 +30,8 @@ class TraceRequest:
     input_length: int
     output_length: int
     hash_ids: tuple[int, ...]
+    #: Tokens per block id (512 in the Mooncake traces).
+    block_tokens: int = 512
 
     def to_json(self) -> dict[str, object]:
         return {"timestamp": self.timestamp_ms, "input_length": self.input_length,
@@ -42,7 +50,14 @@ _FIELDS_HINT = ('each line is a JSON object with "hash_ids" (a list of non-negat
                 'optionally "input_length", "timestamp" (ms), "output_length"; other fields are ignored')
 
 
-def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str = "ms") -> list[TraceRequest]:
+#: The block size of the Mooncake FAST'25 traces, and the answer when a trace gives no hint.
+MOONCAKE_BLOCK_TOKENS = 512
+#: Largest block size inferred or accepted (tokens); real traces use 16 to 512.
+MAX_BLOCK_TOKENS = 1 << 16
+
+
+def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str = "ms",
+               block_tokens: int | None = None) -> list[TraceRequest]:
     """Read a Mooncake trace; ``limit`` keeps the first N requests.
 
     Lenient where the meaning is clear, strict where it is not: blank lines and unknown fields
@@ -51,6 +66,7 @@ def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str =
     (the trace's figure caps hits at it, and tokens past the last block never hit). Anything
     else malformed stops the load with an error naming ``file:line`` and the field.
     ``timestamp_unit`` (``ms``, ``s`` or ``us``) converts the timestamps to milliseconds.
+    ``block_tokens`` is the tokens per block id; None infers it (``infer_block_tokens``).
     """
     p = Path(path)
     if not p.is_file():
@@ -58,8 +74,11 @@ def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str =
                                 f"(the bundled sample is {sample_trace_path()})")
     if timestamp_unit not in TIMESTAMP_UNITS:
         raise ValueError(f"timestamp unit {timestamp_unit!r} is not one of {', '.join(TIMESTAMP_UNITS)}")
+    if block_tokens is not None and not 1 <= block_tokens <= MAX_BLOCK_TOKENS:
+        raise ValueError(f"block_tokens {block_tokens} is not in 1..{MAX_BLOCK_TOKENS}")
     scale = TIMESTAMP_UNITS[timestamp_unit]
     out: list[TraceRequest] = []
+    no_length: set[int] = set()  # rows without input_length: every block full, once the size is known
     lineno = 0
     try:
         for lineno, line in _lines(p):
@@ -68,7 +87,10 @@ def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str =
             if not line.strip():
                 continue
             try:
-                out.append(_parse_row(json.loads(line), len(out), scale))
+                row = _parse_row(json.loads(line), len(out), scale)
+                if row.input_length < 0:
+                    no_length.add(row.index)
+                out.append(row)
             except (ValueError, KeyError, TypeError, OverflowError) as exc:
                 raise ValueError(f"{p}:{lineno}: not a Mooncake trace line ({exc}); {_FIELDS_HINT}") from None
     except UnicodeDecodeError as exc:
@@ -78,7 +100,28 @@ def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str =
         ) from None
     except (OSError, EOFError) as exc:  # a truncated or corrupt gzip file
         raise ValueError(f"{p}: cannot read it: {exc}") from None
-    return out
+    size = block_tokens if block_tokens is not None else infer_block_tokens(out)
+    return [replace(r, block_tokens=size,
+                    input_length=len(r.hash_ids) * size if r.index in no_length else r.input_length)
+            for r in out]
+
+
+def infer_block_tokens(requests: Sequence[TraceRequest]) -> int:
+    """Tokens per block id, from the rows that give ``input_length`` and at least two blocks.
+
+    Each such row's blocks must cover its input with only the last one partial, so the block is
+    at least ``ceil(input_length / blocks)`` tokens and less than twice that for two blocks or
+    more; rounded up to a power of two (every real trace's block is one), the most common answer
+    over the rows is the trace's block. Rows that disagree (a mismatched ``input_length``) are
+    outvoted; a trace with no usable row is taken as Mooncake's 512.
+    """
+    votes: Counter[int] = Counter()
+    for r in requests:
+        n = len(r.hash_ids)
+        if n >= 2 and r.input_length > 0:
+            need = -(-r.input_length // n)
+            votes[min(MAX_BLOCK_TOKENS, 1 << (need - 1).bit_length())] += 1
+    return votes.most_common(1)[0][0] if votes else MOONCAKE_BLOCK_TOKENS
 
 
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -105,7 +148,7 @@ def _parse_row(row: object, index: int, ms_per_unit: float) -> TraceRequest:
         raise ValueError(f'"hash_ids" is a {type(raw_ids).__name__}, not a list')
     ids = tuple(_count(b, "hash_ids") for b in raw_ids)
     input_length = row.get("input_length")
-    length = len(ids) * 512 if input_length is None else _count(input_length, "input_length")
+    length = -1 if input_length is None else _count(input_length, "input_length")  # -1: set once blocks are sized
     output = row.get("output_length")
     stamp = row.get("timestamp")
     ts = 0.0 if stamp is None else _number(stamp, "timestamp") * ms_per_unit
