@@ -78,6 +78,10 @@ def run(args: argparse.Namespace) -> int:
         if hours > 1.0 and args.max_gap is None:
             err.print(f"[yellow]paced replay will take up to {hours:.1f} h at --speed {args.speed:g}; if the "
                       "timestamps are not in ms give --timestamp-unit, or cut idle gaps with --max-gap[/]", soft_wrap=True)
+        elif args.timestamp_unit == "ms" and any(s != int(s) for s in stamps[:1000]):
+            # Qwen (Bailian) traces give seconds as fractions; read as ms they would replay 1000x fast.
+            err.print("[yellow]the trace's timestamps have fractions: if they are seconds (Alibaba's Qwen traces) "
+                      "give --timestamp-unit s[/]", soft_wrap=True)
     block = requests[0].block_tokens
     if args.block_tokens is None and block != MOONCAKE_BLOCK_TOKENS and not args.json:
         err.print(f"trace blocks: {block} tokens each (inferred from input_length; --block-tokens overrides)")
