@@ -87,15 +87,22 @@ class DaemonPool:
             item = self._queue.get()
             if item is None:
                 return
-            fut, fn, args = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # handed to the caller through the future
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
+            self._run(*item)
+            # Dropped before waiting for the next call: an idle thread that still held its last
+            # call (its future with the result, its closure) kept whatever that call returned
+            # alive; on the admin pool, every backend it had built, with its Mooncake client.
+            del item
+
+    @staticmethod
+    def _run(fut: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the caller through the future
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
 
 
 class GuardedBackend:

@@ -40,6 +40,7 @@ from hicache_mooncake.client import open_client, tcp_reachable
 from hicache_mooncake.config import MooncakeSettings, load_settings
 from hicache_mooncake.flat_io import StagingBuffer, as_bytes, get_pages, object_sizes, put_pages
 from hicache_mooncake.format_record import FormatRecord, record_value
+from hicache_mooncake.heap import return_freed_memory
 from hicache_mooncake.naming import PageObjectNames, hicache_names, scheme_of, sglang_names
 from hicache_mooncake.objects import ObjectClient
 from hicache_mooncake.plugin import CAPABILITIES
@@ -411,6 +412,8 @@ class MooncakeStore(HiCacheStorage):
         for ptr in list(self._registered):
             self._unregister(ptr)
         self._objects.close()
+        # The client's threads freed their memory into glibc arenas that keep it (``heap``).
+        return_freed_memory()
 
     def __repr__(self) -> str:
         return f"MooncakeStore({self.settings.describe()}, scheme={self.scheme}, names={self._names.page_name('{hash}')!r})"
