@@ -354,3 +354,41 @@ def test_set_of_a_stored_page_refreshes_it_without_a_rewrite(open_store: Open) -
     assert put(store, pool, seed=122, n=4) == [True] * 4
     assert read_ok(store, pool, 121, 4) == [False] * 4
     assert read_ok(store, pool, 120, 4) == [True] * 4
+
+
+# ---------------------------------------------------------------------- I/O shape
+def test_checked_pages_are_read_in_longer_runs(open_store: Open, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run of pages whose checksum is due is at most ``chunk_bytes`` (checked while in the CPU
+    cache); pages already checked by this process are read up to ``RUN_BYTES`` per call."""
+    from hicache_file.segment import batch as batch_module
+
+    calls: list[int] = []
+    real = batch_module.preadv_all
+
+    def counting(fd: int, bufs: Any, offset: int, total: int | None = None) -> int:
+        calls.append(len(bufs))
+        return real(fd, bufs, offset, total)
+
+    monkeypatch.setattr(batch_module, "preadv_all", counting)
+    record = HEADER_SIZE + make_pool().page_bytes
+    writer, wpool = open_store(chunk_bytes=record)
+    assert put(writer, wpool, seed=130, n=8) == [True] * 8
+    assert read_ok(writer, wpool, 130, 8) == [True] * 8  # written from memory: checked
+    assert len(calls) == 1
+    reader, rpool = open_store(chunk_bytes=record)
+    calls.clear()
+    assert read_ok(reader, rpool, 130, 8) == [True] * 8  # not checked yet here: a page per call
+    assert len(calls) == 8
+    calls.clear()
+    assert read_ok(reader, rpool, 130, 8) == [True] * 8  # checked now: one run
+    assert len(calls) == 1
+    always, apool = open_store(chunk_bytes=record, verify="always")
+    calls.clear()
+    assert read_ok(always, apool, 130, 8) == [True] * 8
+    assert read_ok(always, apool, 130, 8) == [True] * 8
+    assert len(calls) == 16
+
+
+def test_big_pages_use_two_threads_by_default() -> None:
+    assert SegmentSettings.from_extra({}).io_threads == 2
+    assert SegmentSettings.from_extra({"io_threads": 1}).io_threads == 1

@@ -76,20 +76,27 @@ def plan_reads(
     return items, misses, wrong
 
 
-def read_chunks(items: list[ReadItem], chunk_bytes: int) -> list[list[ReadItem]]:
-    """Runs of back-to-back records of one segment, each at most ``chunk_bytes`` (one record at least)."""
+def read_chunks(items: list[ReadItem], chunk_bytes: int, run_bytes: int, verify_all: bool) -> list[list[ReadItem]]:
+    """Runs of back-to-back records of one segment, one ``preadv`` each (one record at least).
+
+    A run with a page whose checksum is to be checked is at most ``chunk_bytes``, so the check
+    finds its bytes still in the CPU cache; a run of pages already checked (``verify: first``)
+    may reach ``run_bytes``: fewer system calls, and bigger reads for the disk when cold.
+    """
     chunks: list[list[ReadItem]] = []
     cur: list[ReadItem] = []
     size = 0
     end = -1
+    limit = run_bytes
     seg: Segment | None = None
     for it in items:
         rec = HEADER_SIZE + it.length
-        if cur and (it.seg is not seg or it.offset != end or size + rec > chunk_bytes):
+        need = chunk_bytes if verify_all or not it.checked else run_bytes
+        if cur and (it.seg is not seg or it.offset != end or size + rec > min(limit, need)):
             chunks.append(cur)
-            cur, size = [], 0
+            cur, size, limit = [], 0, run_bytes
         cur.append(it)
-        seg, size, end = it.seg, size + rec, it.offset + rec
+        seg, size, end, limit = it.seg, size + rec, it.offset + rec, min(limit, need)
     if cur:
         chunks.append(cur)
     return chunks

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hicache_core.spec.errors import BackendConfigError
-from hicache_file.config import read_bool, read_int, read_size
+from hicache_file.config import DEFAULT_IO_THREADS, read_bool, read_int, read_size
 
 DEFAULT_PATH = "/tmp/hicache"
 PATH_ENV = "HICACHE_FILE_PATH"
@@ -33,7 +33,11 @@ class SegmentSettings:
     max_bytes: int | None = None
     max_pages: int | None = None
     fsync: bool = False
-    io_threads: int = 1
+    #: Threads serving one batch of pages of ``PARALLEL_MIN_PAGE_BYTES`` or more (store.py). Two
+    #: by default, as for the page-file scheme: one thread's page checksums then run while the
+    #: other's ``pwritev`` copies into the page cache (xxhash drops the GIL), so a set of big
+    #: pages costs about its copy alone; reads from the page cache run side by side.
+    io_threads: int = DEFAULT_IO_THREADS
     #: Target size of one segment file; under a size bound it is at most 1/16 of the bound.
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
     #: Bytes moved per ``preadv``/``pwritev``: small enough that a page's checksum runs on bytes
@@ -75,7 +79,7 @@ class SegmentSettings:
             max_bytes=_size(extra, "max_bytes", None),
             max_pages=_int(extra, "max_pages", None, minimum=1),
             fsync=_bool(extra, "fsync", False),
-            io_threads=min(_int(extra, "io_threads", 1, minimum=1) or 1, 64),
+            io_threads=min(_int(extra, "io_threads", DEFAULT_IO_THREADS, minimum=1) or 1, 64),
             segment_bytes=_size(extra, "segment_bytes", DEFAULT_SEGMENT_BYTES) or DEFAULT_SEGMENT_BYTES,
             chunk_bytes=_size(extra, "chunk_bytes", DEFAULT_CHUNK_BYTES) or DEFAULT_CHUNK_BYTES,
             verify=verify,
@@ -125,7 +129,7 @@ def config_model() -> type:
                                           json_schema_extra=public)
             fsync: bool | int | str | None = Field(None, description="flush pages and journal before a set returns",
                                                    json_schema_extra=public)
-            io_threads: int | None = Field(None, ge=1, le=64, description="threads per batch (pages >= 256 KiB)",
+            io_threads: int | None = Field(None, ge=1, le=64, description="threads per batch (pages >= 256 KiB; default 2)",
                                            json_schema_extra=public)
             segment_bytes: int | str | None = Field(None, description="target segment file size (default 64MiB)",
                                                     json_schema_extra=public)

@@ -50,6 +50,9 @@ MID_WRITE_HOOK: Callable[[], None] | None = None
 #: Batches of pages at least this big use ``io_threads`` threads (smaller: the calling thread).
 PARALLEL_MIN_PAGE_BYTES = 256 << 10
 
+#: Bytes one ``preadv`` of pages needing no checksum may move (``batch.read_chunks``).
+RUN_BYTES = 8 << 20
+
 Pieces = list[memoryview]
 _xxh3_128 = xxhash.xxh3_128_intdigest
 
@@ -179,7 +182,7 @@ class SegmentStore(HiCacheStorage):
         try:
             if items:
                 verify_all = self.settings.verify == "always"
-                chunks = read_chunks(items, self.settings.chunk_bytes)
+                chunks = read_chunks(items, self.settings.chunk_bytes, self._run_bytes(items), verify_all)
                 for failed in self._run(chunks, lambda c: read_chunk(c, verify_all), items[0].length):
                     bad.extend(failed)
         finally:
@@ -290,6 +293,13 @@ class SegmentStore(HiCacheStorage):
             stats["writes"] += sum(oks)
             stats["bytes_written"] += length * sum(oks)
         return out
+
+    def _run_bytes(self, items: list[ReadItem]) -> int:
+        """The most bytes one ``preadv`` of pages that need no checksum moves: ``RUN_BYTES``, less
+        when that would leave fewer runs than the batch's threads."""
+        threads = self.settings.io_threads if items[0].length >= PARALLEL_MIN_PAGE_BYTES else 1
+        total = sum(HEADER_SIZE + it.length for it in items)
+        return max(self.settings.chunk_bytes, min(RUN_BYTES, -(-total // threads)))
 
     def _run(self, jobs: list[Any], fn: Callable[[Any], Any], page_bytes: int) -> list[Any]:
         """``fn`` over ``jobs`` in order, on ``io_threads`` threads for big pages."""
