@@ -7,6 +7,7 @@ backends with a config, registers a fresh host pool with each, and closes them a
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -21,7 +22,7 @@ from hicache_core.plugins.factory import create_backend
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.errors import LayoutError
 from hicache_core.spec.storage import HiCacheStorage
-from hicache_core.testing.pages import read_page_bytes
+from hicache_core.testing.pages import PoolSnapshot, fill_buffer_randomly, fill_pages, read_page_bytes
 from hicache_core.testing.verdicts import require_pages, require_v1_result, violated
 
 OpenBackend = Callable[[HiCacheStorageConfig], HiCacheStorage]
@@ -35,6 +36,9 @@ MLA_LAYOUTS: tuple[str, ...] = supported_layouts("mla")
 ALL_POOL_KINDS: list[Any] = [pytest.param(False, lo, id=f"mha-{lo}") for lo in MHA_LAYOUTS] + [
     pytest.param(True, lo, id=f"mla-{lo}") for lo in MLA_LAYOUTS
 ]
+
+#: Seed of the bytes a destination page holds before a read (never a stored page's seed).
+STALE_SEED = 7919
 
 #: The kit's host pools: small (2 KiB pages), so the whole kit stays quick.
 DEFAULT_POOL_SHAPE: dict[str, Any] = {
@@ -71,13 +75,18 @@ class KitBase:
     @pytest.fixture
     def make_pool(self, pool_shape: dict[str, Any]) -> Callable[..., HostKVPool]:
         """``make_pool(layout, is_mla, **shape)``: a fresh host pool; ``shape`` overrides ``pool_shape``."""
+        pool_seeds = iter(range(STALE_SEED + 1, 1 << 30))
 
         def _make(layout: str = "page_first", is_mla: bool = False, **shape: Any) -> HostKVPool:
             s = {**pool_shape, **shape}
-            return HostKVPool(
+            pool = HostKVPool(
                 size=s["pages"] * s["page_size"], page_size=s["page_size"], layer_num=s["layer_num"],
                 head_num=s["head_num"], head_dim=s["head_dim"], dtype=s["dtype"], layout=layout, is_mla=is_mla,
             )
+            # Every page starts as random bytes, not zeros: a stray write of zeros (or of
+            # anything) into a page the kit did not hand over shows as a change.
+            fill_buffer_randomly(pool.kv_buffer, seed=next(pool_seeds))
+            return pool
 
         return _make
 
@@ -112,6 +121,7 @@ class KitBase:
             opened.append(backend)
             host = make_pool(layout, is_mla, **(pool or {}))
             backend.register_mem_pool_host(host)
+            self.__dict__.setdefault("_kit_pools", {})[id(backend)] = host
             return backend, host
 
         return _connect
@@ -122,13 +132,19 @@ class KitBase:
 
     @pytest.fixture
     def keys(self) -> Keys:
-        """``keys(n)``: ``n`` fresh 64-character hex keys, unique to this run (a shared store is fine)."""
+        """``keys(n)``: ``n`` fresh 64-character hex keys, unique to this run (a shared store is fine).
+
+        The keys of one call share their first 18 and last 34 characters and are not in sorted
+        order, so a backend that keys by a prefix or a suffix, or reorders a batch (sorting
+        keys without their values), mixes pages up.
+        """
         run = uuid.uuid4().hex[:12]
         counter = iter(range(1 << 30))
 
         def _keys(n: int) -> list[str]:
             base = next(counter)
-            return [f"{run}{base:06d}{i:06d}".ljust(64, "0") for i in range(n)]
+            mixed = [hashlib.sha256(f"{run}{base}.{i}".encode()).hexdigest()[:6] for i in range(n)]
+            return [f"{run}{base:06d}{mix}{i:06d}".ljust(64, "0") for i, mix in enumerate(mixed)]
 
         return _keys
 
@@ -154,31 +170,82 @@ class KitBase:
             pytest.skip(f"{what} needs two backend instances on one store; this backend is neither "
                         "persistent nor shared (capabilities)")
 
-    @staticmethod
-    def v1_set(prop: str, backend: HiCacheStorage, ks: list[str], idx: torch.Tensor) -> list[bool]:
-        return require_v1_result(prop, "batch_set_v1", backend.batch_set_v1(ks, idx), len(ks))
+    def pool_of(self, backend: HiCacheStorage) -> Any:
+        """The host pool the kit registered with ``backend`` (not what the backend says it holds)."""
+        return self.__dict__.get("_kit_pools", {}).get(id(backend), backend.mem_pool_host)
 
-    @staticmethod
-    def v1_get(prop: str, backend: HiCacheStorage, ks: list[str], idx: torch.Tensor) -> list[bool]:
-        return require_v1_result(prop, "batch_get_v1", backend.batch_get_v1(ks, idx), len(ks))
+    def v1_set(
+        self, prop: str, backend: HiCacheStorage, ks: list[str], idx: torch.Tensor, guard: bool = True
+    ) -> list[bool]:
+        """``batch_set_v1``, which must leave every page of the host pool as it was.
 
-    def v1_store_all(self, prop: str, backend: HiCacheStorage, ks: list[str], idx: torch.Tensor) -> None:
+        ``guard=False`` skips that check (for threads that share one pool and write it).
+        """
+        pool = self.pool_of(backend)
+        before = PoolSnapshot(pool) if pool is not None and guard else None
+        stored = require_v1_result(prop, "batch_set_v1", backend.batch_set_v1(ks, idx), len(ks))
+        if before is not None and (changed := before.changed_pages()):
+            violated(prop, f"batch_set_v1 changed host pages {changed[:8]} of the pool it read from "
+                           "(a write must leave the host pool as it was)")
+        return stored
+
+    def v1_get(
+        self, prop: str, backend: HiCacheStorage, ks: list[str], idx: torch.Tensor, guard: bool = True
+    ) -> list[bool]:
+        """``batch_get_v1``, which may write only the host pages of the keys it reports hits."""
+        pool = self.pool_of(backend)
+        before = PoolSnapshot(pool) if pool is not None and guard else None
+        got = require_v1_result(prop, "batch_get_v1", backend.batch_get_v1(ks, idx), len(ks))
+        if pool is None or before is None:
+            return got
+        pages = pool.indices_to_pages(idx)
+        if not before.changed_pages([p for p, hit in zip(pages, got) if hit]):
+            return got
+        changed = before.changed_pages()
+        missed = [i for i, (p, hit) in enumerate(zip(pages, got)) if not hit and p in changed]
+        if missed:
+            violated(prop, f"batch_get_v1 missed pages {missed} but changed their host pages "
+                           f"{[pages[i] for i in missed]} (a miss must leave its host page as it was)")
+        outside = [p for p in changed if p not in pages]
+        if outside:
+            unwritten = [i for i, (p, hit) in enumerate(zip(pages, got)) if hit and p not in changed]
+            where = (f"; pages {unwritten} it reported hits were not loaded into their host pages "
+                     f"{[pages[i] for i in unwritten]} (host_indices of get ignored or offset)") if unwritten else ""
+            violated(prop, f"batch_get_v1 changed host pages {outside[:8]} outside the host_indices it was "
+                           f"given (a read may write only the requested pages){where}")
+        return got
+
+    def v1_store_all(
+        self, prop: str, backend: HiCacheStorage, ks: list[str], idx: torch.Tensor, guard: bool = True
+    ) -> None:
         """``batch_set_v1`` must store every page (a healthy backend with room does)."""
-        stored = self.v1_set(prop, backend, ks, idx)
+        stored = self.v1_set(prop, backend, ks, idx, guard)
         if not all(stored):
             violated(prop, f"batch_set_v1 stored {sum(stored)} of {len(ks)} pages on a healthy backend ({stored})")
 
     def v1_load_all(
         self, prop: str, backend: HiCacheStorage, pool: HostKVPool, ks: list[str], dest: torch.Tensor,
         expected: list[bytes], what: str = "batch_get_v1", others: dict[str, bytes] | None = None,
+        guard: bool = True,
     ) -> None:
-        """``batch_get_v1`` must hit every page (all reported stored) and load exactly ``expected``."""
-        got = self.v1_get(prop, backend, ks, dest)
+        """``batch_get_v1`` must hit every page (all reported stored) and load exactly ``expected``.
+
+        ``dest``'s pages are first filled with other random bytes, so a read that reports a hit
+        but writes nothing (or writes elsewhere) cannot pass by finding the bytes already there.
+        """
+        pages = pool.indices_to_pages(dest)
+        stale = fill_pages(pool, pages, seed=STALE_SEED)
+        got = self.v1_get(prop, backend, ks, dest, guard)
         if not all(got):
             missed = [i for i, g in enumerate(got) if not g]
             violated(prop, f"pages {missed} were reported stored but {what} missed them "
                            "(a page reported stored must be served)")
-        require_pages(prop, read_page_bytes(pool, dest), expected, what, others)
+        read = read_page_bytes(pool, dest)
+        for i, (have, old) in enumerate(zip(read, stale)):
+            if have == old and have != expected[i]:
+                violated(prop, f"{what} reported page {i} a hit but never wrote host page {pages[i]}: it still "
+                               "holds the bytes it held before the read")
+        require_pages(prop, read, expected, what, others)
 
     @staticmethod
     def alloc(pool: HostKVPool, n: int) -> torch.Tensor:

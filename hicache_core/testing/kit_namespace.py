@@ -72,6 +72,24 @@ _ODD_KEYS: list[tuple[str, str]] = [
     ("lower-case key", "-upper"),
     ("key with '@' and a namespace-like tail", "@hc1.other.model"),
     ("key with a backslash and percent", "\\x%2F"),
+    # Pairs that differ only past an object store's 1024-byte key limit, in a unicode text
+    # that ASCII-with-'?' flattens, in unicode normal form, or in path syntax that a store
+    # using keys as relative paths resolves to one name.
+    ("1500-character key ending in 1", "-" + "c" * 1500 + "1"),
+    ("1500-character key ending in 2", "-" + "c" * 1500 + "2"),
+    ("cyrillic key", "-ключи"),
+    ("other cyrillic key of the same length", "-замок"),
+    ("key with a precomposed accent (NFC)", "-caf\u00e9"),
+    ("key with a combining accent (NFD)", "-cafe\u0301"),
+    ("key with a '..' that resolves to another key", "/dir/../plain"),
+    ("key that a '..' resolves to", "/plain"),
+    ("key with a doubled slash", "/d//e"),
+    ("key with a single slash", "/d/e"),
+    ("key ending in a space", "-tail "),
+    ("same key without the trailing space", "-tail"),
+    ("key with a NUL character", "-nul\x00tail"),
+    ("same key cut at its NUL", "-nul"),
+    ("key that the key with an '@' starts with", ""),
 ]
 
 

@@ -61,12 +61,16 @@ class PathChecks(KitBase):
         values = [pool.get_data_page(p * pool.page_size, flat=True) for p in src_pages]
         if backend.batch_set(ks, values) is not True:
             violated(prop, f"batch_set of {n} pages on a healthy backend did not return True")
+        reused = fill_pages(pool, src_pages, seed=213)  # host pages are reused once a write returns
         dest = scattered_alloc(pool, n, seed=212)
         got = self.v1_get(prop, backend, ks, dest)
         if not all(got):
             violated(prop, f"batch_get_v1 missed pages {[i for i, g in enumerate(got) if not g]}, "
                            "which batch_set reported stored")
         for i, have in enumerate(read_page_bytes(pool, dest)):
+            if have == reused[i]:
+                violated(prop, f"batch_get_v1 of page {i} loaded what its host page held after batch_set returned "
+                               "(the backend kept the tensor it was given, not a copy)")
             if have != expected[i]:
                 violated(prop, f"batch_get_v1 of page {i} loaded a page that "
                                f"{describe_mismatch(have, expected[i])} (the two paths store different bytes "

@@ -11,11 +11,13 @@ the same KV held by pools of different layouts.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from hicache_core.memory.pages import page_format, page_view, read_flat_page, write_flat_page
@@ -35,6 +37,12 @@ def random_page(pool: Any, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     raw = torch.randint(0, 256, (page_nbytes(pool),), dtype=torch.uint8, generator=gen)
     return raw.view(pool.kv_buffer.dtype)
+
+
+def fill_buffer_randomly(buffer: torch.Tensor, seed: int) -> None:
+    """Overwrite every byte of ``buffer`` (contiguous) with seeded random bytes."""
+    raw = buffer.view(-1).view(torch.uint8).numpy()
+    raw[:] = np.frombuffer(np.random.default_rng(seed).bytes(raw.size), dtype=np.uint8)  # faster than torch.randint
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
@@ -116,3 +124,40 @@ def logical_kv(pool: Any, page: int) -> torch.Tensor:
 def logical_bytes(pool: Any, page: int) -> bytes:
     """``logical_kv`` of a page as bytes."""
     return tensor_bytes(logical_kv(pool, page))
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two contiguous CPU tensors hold the same bytes (NaNs included; ``torch.equal``
+    compares values, and is far slower)."""
+    return bool(a.reshape(-1).view(torch.uint8).numpy().tobytes() == b.reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
+class PoolSnapshot:
+    """A host pool's bytes before a call, to name the host pages the call changed.
+
+    One clone of ``kv_buffer`` (the kit's pools are a few hundred KiB) and one comparison
+    after the call; the page-by-page search runs only when something changed.
+    """
+
+    def __init__(self, pool: Any) -> None:
+        self.pool = pool
+        self.before = pool.kv_buffer.clone()
+
+    def changed_pages(self, allowed: Collection[int] = ()) -> list[int]:
+        """Host pages whose bytes changed since the snapshot, other than ``allowed``."""
+        now = self.pool.kv_buffer
+        if _same_bytes(now, self.before):
+            return []
+        skip = set(allowed)
+        if skip:  # the usual case after a read: only the allowed pages changed
+            patched = copy.copy(self.pool)
+            patched.kv_buffer = self.before.clone()
+            for p in skip:
+                page_view(patched, p).copy_(page_view(self.pool, p))
+            if _same_bytes(now, patched.kv_buffer):
+                return []
+        # The pool's geometry over a mask of changed bytes (as integers: NaN != NaN otherwise).
+        width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[now.element_size()]
+        diff = copy.copy(self.pool)
+        diff.kv_buffer = now.view(width) != self.before.view(width)
+        return [p for p in range(self.pool.page_num) if p not in skip and bool(page_view(diff, p).any())]

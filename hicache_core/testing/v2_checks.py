@@ -20,6 +20,7 @@ from hicache_core.memory.state_pool import HostStatePool
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.pools import PoolHitPolicy, PoolName, PoolTransfer
 from hicache_core.spec.storage import HiCacheStorage
+from hicache_core.testing.verdicts import violated
 
 PAGE = 4
 
@@ -77,8 +78,10 @@ class V2PoolTransferChecks:
             PoolTransfer(PoolName.MAMBA, host_indices=st_idx, keys=[keys[i] for i in marks],
                          hit_policy=PoolHitPolicy.TRAILING_PAGES),
         ])
-        assert res["kv"] == [True] * n, f"v2 set: KV pages not stored: {res}"
-        assert res["mamba"] == [True] * len(marks), f"v2 set: sidecar state pages not stored: {res}"
+        if res.get("kv") != [True] * n:
+            violated("v2 round trip", f"batch_set_v2 did not store every KV page on a healthy backend: {res}")
+        if res.get("mamba") != [True] * len(marks):
+            violated("v2 round trip", f"batch_set_v2 did not store every sidecar state page on a healthy backend: {res}")
         kv_bytes = [bytes(pool.get_data_page(int(kv_idx[i * PAGE]), flat=True).view(torch.uint8).numpy())
                     for i in range(n)]
         st_bytes = [bytes(state.kv_buffer[int(i)].view(torch.uint8).numpy()) for i in st_idx]
@@ -95,12 +98,17 @@ class V2PoolTransferChecks:
             PoolTransfer(PoolName.KV, host_indices=kv_idx, keys=keys),
             PoolTransfer(PoolName.MAMBA, host_indices=st_idx, keys=keys, hit_policy=PoolHitPolicy.TRAILING_PAGES),
         ])
-        assert got == {"kv": [True] * len(keys), "mamba": [True] * len(keys)}, f"v2 get: {got}"
+        prop = "v2 round trip (KV and a sidecar pool)"
+        if got != {"kv": [True] * len(keys), "mamba": [True] * len(keys)}:
+            violated(prop, f"batch_get_v2 of pages batch_set_v2 stored must hit every KV and sidecar page, got {got} "
+                           "(a sidecar stored under the KV page's key overwrites the KV page)")
         for i in range(len(keys)):
             page = bytes(pool.get_data_page(int(kv_idx[i * PAGE]), flat=True).view(torch.uint8).numpy())
-            assert page == ctx["kv"][i], f"v2 get: KV page {i} came back with other bytes"
+            if page != ctx["kv"][i]:
+                violated(prop, f"batch_get_v2 loaded KV page {i} with other bytes")
             st = bytes(state.kv_buffer[int(st_idx[i])].view(torch.uint8).numpy())
-            assert st == ctx["st"][i], f"v2 get: sidecar state {i} came back with other bytes"
+            if st != ctx["st"][i]:
+                violated(prop, f"batch_get_v2 loaded sidecar state {i} with other bytes")
 
     def test_v2_trailing_pages_policy(self, open_backend: Any, storage_config: HiCacheStorageConfig,
         opened: list[HiCacheStorage]) -> None:
@@ -110,10 +118,12 @@ class V2PoolTransferChecks:
         state = backend.__dict__["registered_pools"]["mamba"]
         res = backend.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys[-1:], host_indices=None,
                                                           hit_policy=PoolHitPolicy.TRAILING_PAGES)])
-        assert res.kv_hit_pages == 4, f"trailing_pages: usable prefix {res.kv_hit_pages}, expected 4"
-        assert res.restorable_prefix_pages == [2, 4], (
-            f"trailing_pages: restorable prefixes {res.restorable_prefix_pages}, expected [2, 4]"
-        )
+        prop = "v2 trailing_pages hit policy"
+        if res.kv_hit_pages != 4:
+            violated(prop, f"states at pages 1 and 3 of 4, window 1: the usable prefix is 4 pages, got {res.kv_hit_pages}")
+        if res.restorable_prefix_pages != [2, 4]:
+            violated(prop, f"states at pages 1 and 3 of 4: the restorable prefixes are [2, 4], got "
+                           f"{res.restorable_prefix_pages} (a state page must be its own page, never the KV page's)")
         assert state is not None
 
     def test_v2_all_pages_policy_truncates_at_a_missing_sidecar(
@@ -121,7 +131,8 @@ class V2PoolTransferChecks:
     ) -> None:
         backend, keys, _ = self._v2_setup(open_backend, storage_config, opened, n=4, state_pages=[0, 1, 3])
         res = backend.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys, hit_policy=PoolHitPolicy.ALL_PAGES)])
-        assert res.kv_hit_pages == 2, f"all_pages: a missing sidecar page 2 must cut the prefix to 2, got {res}"
+        if res.kv_hit_pages != 2:
+            violated("v2 all_pages hit policy", f"a missing sidecar page 2 must cut the usable prefix to 2 pages, got {res}")
 
     def test_v2_sidecar_of_another_format_is_a_miss(
         self, open_backend: Any, storage_config: HiCacheStorageConfig, opened: list[HiCacheStorage]
@@ -130,9 +141,8 @@ class V2PoolTransferChecks:
         state = HostStatePool(16, (15,), dtype=torch.int32)  # same bytes per slot, other dtype
         other, _pool = _attach(open_backend, state, storage_config, opened)
         res = other.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys, hit_policy=PoolHitPolicy.ALL_PAGES)])
-        assert res.kv_hit_pages == 0, (
-            f"namespace isolation (v2): a float32 state page was a hit for an int32 state pool: {res}"
-        )
+        if res.kv_hit_pages != 0:
+            violated("namespace isolation (v2)", f"a float32 state page was a hit for an int32 state pool: {res}")
 
     def test_v2_unregistered_pool_is_a_clear_error(
         self, open_backend: Any, storage_config: HiCacheStorageConfig, opened: list[HiCacheStorage]
@@ -155,17 +165,21 @@ class V2PoolTransferChecks:
         _random_fill(pool, 5)
         idx = _scattered(pool, 3)
         res = backend.batch_set_v2([PoolTransfer(PoolName.KV, host_indices=idx, keys=keys)])
-        assert res == {"kv": [True] * 3}, f"v2 KV-only set: {res}"
+        prop = "v2 KV-only transfers"
+        if res != {"kv": [True] * 3}:
+            violated(prop, f"batch_set_v2 of 3 KV pages on a healthy backend gave {res}")
         found = backend.batch_exists_v2(keys, [])
-        assert found.kv_hit_pages == 3, f"v2 KV-only exists: {found}"
+        if found.kv_hit_pages != 3:
+            violated(prop, f"batch_exists_v2 of 3 stored KV pages gave {found}")
         if backend.capabilities.sidecar_pools:
             return
         st_idx = _scattered(state, 3)
         sres = backend.batch_set_v2([PoolTransfer(PoolName.MAMBA, host_indices=st_idx, keys=keys,
                                                   hit_policy=PoolHitPolicy.TRAILING_PAGES)])
-        assert len(sres.get("mamba", [])) == 3, f"v2 sidecar set on a backend without sidecars: {sres}"
+        if len(sres.get("mamba", [])) != 3:
+            violated(prop, f"batch_set_v2 of a sidecar on a backend without sidecars must answer one bool per key: {sres}")
         gated = backend.batch_exists_v2(keys, [PoolTransfer(PoolName.MAMBA, keys=keys, hit_policy=PoolHitPolicy.ALL_PAGES)])
         if not all(sres["mamba"]):
-            assert gated.kv_hit_pages == 0, (
-                f"v2: sidecar states were not stored, yet a prefix of {gated.kv_hit_pages} pages needing them was a hit"
-            )
+            if gated.kv_hit_pages != 0:
+                violated(prop, f"sidecar states were not stored, yet a prefix of {gated.kv_hit_pages} pages needing "
+                               "them was a hit")

@@ -18,6 +18,35 @@ from typing import Any
 
 import torch
 
+from broken_backends.defects_pool import (
+    LeavesTargetUnwritten,
+    NoOpV1Read,
+    ReturnsBytesNotPages,
+    ScribblesNeighbourOnGet,
+    SetClearsHostPages,
+    StoresAReference,
+    ZeroFillsMissesInABatch,
+)
+from broken_backends.defects_store import (
+    AsciiOnlyKeys,
+    BatchExistsCache,
+    CaseFoldsKeys,
+    ClearForgetsOnlyTheIndex,
+    CutsKeysAtNul,
+    DeleteForgetsOnlyTheIndex,
+    DropsTailAfterAt,
+    JoinsKeysIntoPaths,
+    NormalizesUnicode,
+    ServesDeletedPages,
+    SharedReadBuffer,
+    SharedStagingBuffer,
+    SidecarUnderTheKvKey,
+    SortsBatches,
+    StripsKeys,
+    TruncatesKeysAt1024,
+    WritesBehind,
+    ZeroFilledOnKill,
+)
 from broken_backends.reference import DirStore, MemoryStore
 from hicache_core import Capabilities, HiCacheStorageConfig
 from hicache_core.keys import model_tag, pool_namespace, shard_tag, storage_key
@@ -201,7 +230,7 @@ GALLERY: dict[type, tuple[str, str]] = {
     CpBlind: ("test_namespace_isolation[attn_cp_rank]", "namespace isolation: a page written for attention-cp rank 0"),
     ExistsIgnoresNamespace: ("test_namespace_isolation[tp_rank]", "exists() says pages"),
     IgnoresHostIndicesOnSet: ("test_v1_scattered_host_indices[mha-page_first]", "holds the bytes of host page 0"),
-    ReadsOneHostPageOff: ("test_v1_scattered_host_indices[mha-page_first]", "was not loaded into host page"),
+    ReadsOneHostPageOff: ("test_v1_scattered_host_indices[mha-page_first]", "(host_indices of get ignored or offset)"),
     SwapsKAndV: ("test_set_get_roundtrip", "K and V swapped"),
     TruncatesPages: ("test_set_get_roundtrip", "truncated or torn page"),
     ForgetsOnReopen: ("test_persistent_across_reopen", "persistence across close() and reopen"),
@@ -210,4 +239,37 @@ GALLERY: dict[type, tuple[str, str]] = {
     TornOverwrite: ("test_duplicate_set_keeps_a_whole_page", "neither the old nor the new page"),
     PieceOrderOnV1: ("test_v1_write_tensor_read[mha-layer_first]", "the two paths store different bytes"),
     TornOnKill: ("test_persistent_after_kill_9", "(a torn or wrong page)"),
+    # defects_pool: the right bytes, but memory touched that must not be, or handed back unusable.
+    ScribblesNeighbourOnGet: ("test_v1_roundtrip[page_first]", "outside the host_indices it was given"),
+    ZeroFillsMissesInABatch: ("test_v1_partial_hits_are_per_page", "a miss must leave its host page as it was"),
+    SetClearsHostPages: ("test_v1_roundtrip[page_first]", "a write must leave the host pool as it was"),
+    NoOpV1Read: ("test_v1_roundtrip[page_first]", "never wrote host page"),
+    StoresAReference: ("test_set_get_roundtrip", "the backend kept the tensor, not a copy"),
+    LeavesTargetUnwritten: ("test_set_get_roundtrip", "did not write it into target_location"),
+    ReturnsBytesNotPages: ("test_set_get_roundtrip", "return the page as the target's dtype and length"),
+    # defects_store: keys, removal, batches, threads, crashes, v2 sidecars.
+    CaseFoldsKeys: ("test_odd_keys", "the upper-case key served a page that holds the bytes of the page of the "
+                                     "lower-case key"),
+    TruncatesKeysAt1024: ("test_odd_keys", "the 1500-character key ending in 1 served a page that holds the bytes "
+                                           "of the page of the 1500-character key ending in 2"),
+    AsciiOnlyKeys: ("test_odd_keys", "the cyrillic key served a page that holds the bytes of the page of the other "
+                                     "cyrillic key"),
+    NormalizesUnicode: ("test_odd_keys", "(NFC) served a page that holds the bytes of the page of the key with a "
+                                         "combining accent (NFD)"),
+    JoinsKeysIntoPaths: ("test_odd_keys", "the key with a '..' that resolves to another key served a page that holds"),
+    StripsKeys: ("test_odd_keys", "the key ending in a space served a page that holds the bytes of the page of the "
+                                  "same key without the trailing space"),
+    CutsKeysAtNul: ("test_odd_keys", "the key with a NUL character served a page that holds the bytes of the page of "
+                                     "the same key cut at its NUL"),
+    DropsTailAfterAt: ("test_odd_keys", "the key with '@' and a namespace-like tail served a page that holds the bytes"),
+    ClearForgetsOnlyTheIndex: ("test_clear", "clear: after clear() then close() and reopen"),
+    DeleteForgetsOnlyTheIndex: ("test_delete", "delete: after delete() then close() and reopen"),
+    BatchExistsCache: ("test_delete", "batch_exists() still counts removed page"),
+    ServesDeletedPages: ("test_delete", "get() still serves removed page"),
+    SortsBatches: ("test_batch_set_get", "batch_set paired keys and values in another order"),
+    SharedStagingBuffer: ("test_concurrent_threads", "concurrent use from threads"),
+    SharedReadBuffer: ("test_concurrent_threads", "concurrent use from threads"),
+    WritesBehind: ("test_set_get_roundtrip", "set/get round trip: get() returned a page that differs"),
+    ZeroFilledOnKill: ("test_persistent_after_kill_9", "(a torn or wrong page)"),
+    SidecarUnderTheKvKey: ("test_v2_round_trip_kv_and_sidecar", "v2 round trip (KV and a sidecar pool)"),
 }
