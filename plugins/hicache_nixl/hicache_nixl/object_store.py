@@ -15,10 +15,13 @@ NIXL has no object delete, so this flavour declares neither ``delete`` nor ``cle
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import itertools
 import logging
+import re
 import threading
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import torch
 
@@ -36,6 +39,20 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _PROBE_OBJECT = "__hicache_nixl_health_probe__"
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9_.@\-]+$")
+#: S3 object keys stop at 1024 bytes; a longer (quoted) key becomes its SHA-256.
+_MAX_KEY = 900
+
+
+def object_key(skey: str) -> str:
+    """The object name of a storage key: one name per key, never a path to normalise.
+
+    Plain keys (hex hashes with the namespace tail) are used as they are. Others are
+    percent-quoted, so S3 clients cannot fold ``a/../b`` into ``b`` or ``a//b`` into ``a/b``
+    (two keys, one object); an over-long one becomes its SHA-256.
+    """
+    name = skey if _PLAIN_KEY.match(skey) else quote(skey, safe="")  # hex keys: no quoting cost
+    return name if len(name) <= _MAX_KEY else "sha256-" + hashlib.sha256(skey.encode()).hexdigest()
 
 
 class NixlObjectStore(NixlStore):
@@ -55,7 +72,7 @@ class NixlObjectStore(NixlStore):
         self._staging_lock = threading.Lock()
 
     def _name(self, skey: str) -> str:
-        return f"{self.settings.object_prefix}{skey}"
+        return f"{self.settings.object_prefix}{object_key(skey)}"
 
     # ------------------------------------------------------------------ pool and staging
     def _on_pool(self, pool: HostKVPool) -> None:
