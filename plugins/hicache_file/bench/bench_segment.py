@@ -7,7 +7,9 @@ written, from the page cache), **get cold** (the contender's files dropped from 
 first, untimed: ``fdatasync`` + ``posix_fadvise(DONTNEED)`` per file, or ``--drop-caches``
 as root) and **exists** of the 128 keys. Rounds interleave the contenders (rotating their
 order); the table shows medians. Every set starts with no dirty pages in the page cache (an
-untimed ``sync`` before each pass), so no contender pays the writeback of another's pages.
+untimed ``sync`` before each pass), so no contender pays the writeback of another's pages, and
+with the same supply of recently freed page-cache pages (``recycle_page_cache``); every round
+starts from empty stores (each contender's files removed, untimed).
 
 Contenders:
 
@@ -104,6 +106,26 @@ def drop_cache(paths: list[str], as_root: bool) -> None:
             f.write("1\n")
 
 
+def recycle_page_cache(directory: str, bufs: list[memoryview], copies: int) -> None:
+    """Write ``copies`` times ``bufs`` to a scratch file and unlink it (untimed, before each set).
+
+    A set fills new page-cache pages. Recently freed ones are cheap; memory not touched for a
+    while can cost far more: on this VM (virtio-balloon free page reporting) the host drops
+    free guest pages, and the copy into them then runs at 0.2-0.3 GiB/s, whoever writes (a
+    writer that unlinked its previous file right before got recycled pages every time). After
+    this, every contender's set starts with the same supply of recently freed pages.
+    """
+    path = os.path.join(directory, "recycle.tmp")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        size = sum(len(b) for b in bufs)
+        for k in range(copies):
+            pwritev_all(fd, bufs, k * size)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+
+
 def files_under(path: str, suffix: str) -> list[str]:
     out = []
     for dirpath, _, names in os.walk(path):
@@ -120,6 +142,8 @@ class Contender:
     files: Callable[[], list[str]]
     #: Untimed work before each set (the one-file limit's fresh preallocated file).
     prepare: Callable[[], None] | None = None
+    #: Untimed, between rounds: remove everything the contender stored.
+    reset: Callable[[], None] | None = None
     times: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
 
@@ -131,11 +155,14 @@ class OneFile:
 
     Each set writes a new file preallocated (untimed) with ``posix_fallocate``, since a cache
     stores new pages in new space (rewriting a file already in the page cache would be a limit
-    no cache can reach); gets read what the last set wrote.
+    no cache can reach); gets read what the last set wrote. Earlier files are kept until the end,
+    as the stores keep their pages: unlinking one right before the next set would hand that set
+    the page-cache pages just freed, a head start no store gets (``recycle_page_cache``).
     """
 
     def __init__(self, path: str, src: list[memoryview], dst: list[memoryview], threads: int) -> None:
-        self.path, self.threads, self.fd = path, threads, -1
+        self.base, self.threads, self.fd = path, threads, -1
+        self.written: list[str] = []
         self.total = sum(len(b) for b in src)
         step = -(-len(src) // threads)
         self.src_parts = [_part(src, k, k + step) for k in range(0, len(src), step)]
@@ -145,8 +172,8 @@ class OneFile:
     def fresh(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
-            os.unlink(self.path)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self.written.append(f"{self.base}.{len(self.written)}")
+        self.fd = os.open(self.written[-1], os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         os.posix_fallocate(self.fd, 0, self.total)
 
     def _all(self, call: Callable[[int, list[memoryview], int, int], int], parts: list[tuple[list[memoryview], int, int]]) -> None:
@@ -162,11 +189,18 @@ class OneFile:
         self._all(preadv_all, self.dst_parts)
 
     def paths(self) -> list[str]:
-        return [self.path]
+        return self.written[-1:]
 
-    def close(self) -> None:
+    def remove(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
+            self.fd = -1
+        for path in self.written:
+            os.unlink(path)
+        self.written.clear()
+
+    def close(self) -> None:
+        self.remove()
         if self.executor is not None:
             self.executor.shutdown()
 
@@ -214,7 +248,8 @@ def build(label: str, root: str, sgl: tuple[Any, Any]) -> tuple[list[Contender],
     def sgl_exists(keys: list[str]) -> None:
         assert sgl_store.batch_exists(keys) == len(keys)
 
-    contenders.append(Contender("SGLang HiCacheFile", sgl_set, sgl_get, sgl_exists, lambda: files_under(sgl_dir, ".bin")))
+    contenders.append(Contender("SGLang HiCacheFile", sgl_set, sgl_get, sgl_exists, lambda: files_under(sgl_dir, ".bin"),
+                                 reset=sgl_store.clear))
 
     # hicache-file, both schemes, through v1.
     def hicache(name: str, store: Any, suffix: str, where: Callable[[], str]) -> Contender:
@@ -229,7 +264,7 @@ def build(label: str, root: str, sgl: tuple[Any, Any]) -> tuple[list[Contender],
         def do_exists(keys: list[str]) -> None:
             assert store.batch_exists(keys) == len(keys)
 
-        return Contender(name, do_set, do_get, do_exists, lambda: files_under(where(), suffix))
+        return Contender(name, do_set, do_get, do_exists, lambda: files_under(where(), suffix), reset=store.clear)
 
     pagefile = FileStore(HiCacheStorageConfig(model_name=model, extra_config={"path": os.path.join(root, "pagefile")}))
     contenders.append(hicache("pagefile v1", pagefile, ".hcp", lambda: pagefile.namespace_dir))
@@ -261,7 +296,12 @@ def build(label: str, root: str, sgl: tuple[Any, Any]) -> tuple[list[Contender],
         for key in keys:
             os.stat(f"{raw_dir}/{key}.bin")
 
-    contenders.append(Contender("raw per-page files", raw_set, raw_get, raw_exists, lambda: files_under(raw_dir, ".bin")))
+    def raw_reset() -> None:
+        for path in files_under(raw_dir, ".bin"):
+            os.unlink(path)
+
+    contenders.append(Contender("raw per-page files", raw_set, raw_get, raw_exists, lambda: files_under(raw_dir, ".bin"),
+                                reset=raw_reset))
 
     # Raw: one preallocated file, the same bytes; with the segment store's thread count too.
     src_flat = [v for page in src_views for v in page]
@@ -272,7 +312,7 @@ def build(label: str, root: str, sgl: tuple[Any, Any]) -> tuple[list[Contender],
         files.append(OneFile(os.path.join(root, f"one-file-{threads}.bin"), src_flat, dst_flat, threads))
     for f in files:
         name = "raw one file" if f.threads == 1 else f"raw one file, {f.threads} threads"
-        contenders.append(Contender(name, f.set, f.get, None, f.paths, prepare=f.fresh))
+        contenders.append(Contender(name, f.set, f.get, None, f.paths, prepare=f.fresh, reset=f.remove))
     return contenders, pool, (src_pages, dst_pages), [pagefile, segment, checked, *files]
 
 
@@ -283,6 +323,7 @@ def run_size(
     a pass that lost the CPU says nothing about the code); the median over rounds is reported."""
     contenders, pool, (src_pages, dst_pages), handles = build(label, root, sgl)
     nbytes = PAGES * pool.page_bytes
+    src_flat = [v for page in PoolPages(pool).views(src_pages) for v in page]
     zeros = torch.zeros(pool.page_bytes, dtype=torch.uint8).view(pool.dtype)
     generation = iter(range(1 << 30))
     for c in contenders:
@@ -307,6 +348,7 @@ def run_size(
             keys[:] = [f"{g:08x}{i:056x}"[::-1] for i in range(PAGES)]
             if c.prepare is not None:
                 c.prepare()
+            recycle_page_cache(root, src_flat, 2)
             # Every set starts with no dirty pages: without this, a set pays (through the
             # kernel's dirty throttling and writeback) for what earlier contenders wrote, and
             # the one-file limit, whose file is unlinked dirty, pays for nothing.
@@ -327,6 +369,11 @@ def run_size(
     for r in range(rounds):
         for c in contenders[r % len(contenders):] + contenders[: r % len(contenders)]:
             measure(c, check=r == 0)
+        # Each round starts empty: the page cache and the disk hold one round's pages at most,
+        # and every contender's sets find the same state in every round.
+        for c in contenders:
+            if c.reset is not None:
+                c.reset()
     for handle in handles:
         handle.close()
     out: dict[str, dict[str, float]] = {}

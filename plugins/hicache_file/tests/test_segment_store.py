@@ -392,3 +392,27 @@ def test_checked_pages_are_read_in_longer_runs(open_store: Open, monkeypatch: py
 def test_big_pages_use_two_threads_by_default() -> None:
     assert SegmentSettings.from_extra({}).io_threads == 2
     assert SegmentSettings.from_extra({"io_threads": 1}).io_threads == 1
+
+
+def test_io_threads_take_jobs_as_they_get_free(open_store: Open) -> None:
+    """Jobs run once each, results in order; a helper thread busy elsewhere holds nothing up."""
+    from hicache_file.segment.store import PARALLEL_MIN_PAGE_BYTES
+
+    store, _ = open_store(io_threads=2)
+    ran: list[int] = []
+    assert store._run(list(range(50)), lambda j: ran.append(j) or j * 2, PARALLEL_MIN_PAGE_BYTES) == [
+        j * 2 for j in range(50)
+    ]
+    assert sorted(ran) == list(range(50))
+    assert store._executor is not None
+    release = threading.Event()
+    busy = store._executor.submit(release.wait, 60)  # the only helper, taken by another batch
+    try:
+        done: list[Any] = []
+        caller = threading.Thread(target=lambda: done.append(store._run([1, 2, 3], lambda j: -j, PARALLEL_MIN_PAGE_BYTES)))
+        caller.start()
+        caller.join(timeout=30)
+        assert done == [[-1, -2, -3]]
+    finally:
+        release.set()
+        busy.result(timeout=30)

@@ -302,7 +302,12 @@ class SegmentStore(HiCacheStorage):
         return max(self.settings.chunk_bytes, min(RUN_BYTES, -(-total // threads)))
 
     def _run(self, jobs: list[Any], fn: Callable[[Any], Any], page_bytes: int) -> list[Any]:
-        """``fn`` over ``jobs`` in order, on ``io_threads`` threads for big pages."""
+        """``fn`` over ``jobs``, results in order, on ``io_threads`` threads for big pages.
+
+        The threads take the next job as they get free (not a fixed share each): a thread that
+        loses its CPU on a busy machine, or a helper still busy with another batch, then only
+        means the others do more, never that the batch waits on it.
+        """
         threads = min(self.settings.io_threads, len(jobs))
         if threads <= 1 or page_bytes < PARALLEL_MIN_PAGE_BYTES:
             return [fn(job) for job in jobs]
@@ -310,12 +315,18 @@ class SegmentStore(HiCacheStorage):
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(self.settings.io_threads - 1, thread_name_prefix="hicache-seg")
             executor = self._executor
-        step = -(-len(jobs) // threads)
-        parts = [jobs[k : k + step] for k in range(0, len(jobs), step)]
-        futures = [executor.submit(lambda p: [fn(j) for j in p], part) for part in parts[1:]]
-        out = [fn(j) for j in parts[0]]
+        out: list[Any] = [None] * len(jobs)
+        pending = iter(range(len(jobs)))  # next() of a range iterator is atomic: each job runs once
+
+        def work() -> None:
+            for k in pending:
+                out[k] = fn(jobs[k])
+
+        futures = [executor.submit(work) for _ in range(threads - 1)]
+        work()
         for f in futures:
-            out.extend(f.result())
+            if not f.cancel():  # a helper that never started has nothing left to do
+                f.result()
         return out
 
     # ------------------------------------------------------------------ zero-copy v1
