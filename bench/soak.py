@@ -29,6 +29,7 @@ Mooncake's binaries (``bash scripts/setup.sh --all``).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 import threading
@@ -45,6 +46,7 @@ from hicache_core.node import Node, NodeConfig
 from hicache_core.replay.runner import ReplayResult, replay
 from hicache_core.replay.targets import LocalTarget
 from hicache_core.replay.trace import load_trace
+from hicache_core.spec.storage import HiCacheStorage
 
 TRACE = Path("/work/shared/traces/mooncake_conversation_trace.jsonl")
 SWITCH = "soak"
@@ -77,6 +79,14 @@ class Sampler(threading.Thread):
         self._stop.set()
 
 
+def _mooncake_clients() -> dict[str, int]:
+    """Mooncake clients this process set up and reused so far (``hicache_mooncake.client_pool``)."""
+    from hicache_mooncake.client_pool import client_pool
+
+    pool = client_pool()
+    return {"opened": pool.opened, "reused": pool.reused}
+
+
 def make_node() -> Node:
     return Node(NodeConfig(page_size=128, dp_size=2, device_capacity_tokens=64 * 1024, host_capacity_tokens=128 * 1024,
                            breaker_threshold=5, probe_interval_s=2.0, io_timeout_s=5.0))
@@ -96,6 +106,7 @@ def run(cluster: Any, requests: list[Any], faults: bool, console: Console, speed
         extra["fault_injection"] = {"fail_prob": 0.1, "delay_ms": [0, 20], "seed": 16, "switch": SWITCH}
     switch = fault_switch(SWITCH)
     switch.refuse_all = False
+    clients_before = _mooncake_clients()
     node = make_node()
     node.attach("mooncake", extra)
     n = len(requests)
@@ -156,7 +167,12 @@ def run(cluster: Any, requests: list[Any], faults: bool, console: Console, speed
     wall = time.monotonic() - t0
     node.wait_backups(30)
     status = node.status()
+    clients = {k: v - clients_before[k] for k, v in _mooncake_clients().items()}
     node.close()
+    # Every backend built in the run (attach, probe) must be gone once the node is closed: one
+    # still alive keeps its client (for Mooncake: its threads' memory) for good.
+    gc.collect()
+    alive = sum(isinstance(o, HiCacheStorage) for o in gc.get_objects())
     summary = result.summary()
     samples = sampler.samples
     warm = samples[max(0, len(samples) // 10)] if samples else (0.0, *proc_status())
@@ -173,7 +189,7 @@ def run(cluster: Any, requests: list[Any], faults: bool, console: Console, speed
         "verify_errors": summary["verify_errors"] + int(status["totals"]["verify_errors"]),
         "hit_ratio": summary["token_hit_ratio"], "l3_ratio": summary["tier_hit_ratio"]["storage"],
         "l3_after_recovery": l3_ratio(result, int(n * 0.75)), "breaker_trips": trips, "refused_pages": refused,
-        "resync_pages": resync, "instances": instances, "rss_warm_mib": warm[1] / 2**20, "rss_end_mib": end[1] / 2**20,
+        "resync_pages": resync, "instances": instances, "clients": clients, "backends_alive_after_close": alive, "rss_warm_mib": warm[1] / 2**20, "rss_end_mib": end[1] / 2**20,
         "rss_max_mib": max((s[1] for s in samples), default=0) / 2**20, "threads_warm": warm[2],
         "threads_end": end[2], "threads_max": max((s[2] for s in samples), default=0), "wall_s": wall,
         "events": events, "admin_errors": admin_errors, "errors": summary["errors"],
@@ -238,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         ("pages backed up again (re-sync)", lambda r: f"{r['resync_pages']:,}"),
         ("requests per rank", lambda r: "/".join(str(x) for x in r["routed"])),
         ("backend instances built (attach, probe)", lambda r: str(r["instances"])),
+        ("Mooncake clients set up / reused", lambda r: f"{r['clients']['opened']} / {r['clients']['reused']}"),
+        ("backends still alive after node.close()", lambda r: str(r["backends_alive_after_close"])),
         ("RSS warm-up -> end (MiB)", lambda r: f"{r['rss_warm_mib']:.0f}->{r['rss_end_mib']:.0f}"),
         ("threads warm-up -> end", lambda r: f"{r['threads_warm']}->{r['threads_end']}"),
         ("wall time", lambda r: f"{r['wall_s']:.0f} s"),

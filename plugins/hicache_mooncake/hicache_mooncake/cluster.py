@@ -174,7 +174,14 @@ class LocalMooncakeCluster:
         self._wait(lambda: self.total_capacity() > 0, "master", "a storage node to (re)mount its memory", timeout_s)
 
     def stop(self) -> None:
-        """Stop every process by PID: SIGTERM, then SIGKILL after 5 s. Safe to call twice."""
+        """Stop every process by PID: SIGTERM, then SIGKILL after 5 s. Safe to call twice.
+
+        Idle clients this process kept for the cluster (``client_pool``) are closed first,
+        while it still answers.
+        """
+        from hicache_mooncake.client_pool import client_pool
+
+        client_pool().close_idle(self.master_address)
         for name in reversed(list(self._procs)):
             self.stop_process(name)
         if self._own_workdir and self.workdir is not None:

@@ -67,6 +67,8 @@ class ObjectClient:
         self.errors = ErrorTally()
         self.closed = False
         self.master_down = False
+        #: Calls where the client itself raised (not a return code): it is not handed on.
+        self.client_faults = 0
         self._master_checked_at = 0.0
         self._master_lock = threading.Lock()
 
@@ -108,6 +110,7 @@ class ObjectClient:
             out = getattr(self.client, op)(*args)
         except Exception as exc:
             log.warning("mooncake: %s raised %s: %s", op, type(exc).__name__, exc)
+            self.client_faults += 1
             self.errors.add("exception", n, f"{op}: {type(exc).__name__}: {exc}")
             return [codes.INTERNAL_ERROR + SYNTHETIC] * n
         rcs: list[int] = out if isinstance(out, list) else list(out) if isinstance(out, tuple) else [int(out)] * n
@@ -252,17 +255,18 @@ class ObjectClient:
     def register(self, ptr: int, size: int) -> int:
         return int(self.client.register_buffer(ptr, size))
 
-    def unregister(self, ptr: int) -> None:
+    def unregister(self, ptr: int) -> bool:
+        """True when the buffer at ``ptr`` is no longer registered with the client."""
         try:
-            self.client.unregister_buffer(ptr)
+            rc = self.client.unregister_buffer(ptr)
         except Exception:
             log.debug("unregister_buffer failed", exc_info=True)
+            self.client_faults += 1
+            return False
+        return rc is None or int(rc) == 0
 
-    def close(self) -> None:
-        if self.closed:
-            return
+    def detach(self) -> Any:
+        """Stop using the client (every call fails as ``closed`` from here on) and return it,
+        open, for its owner to close or hand to the next store (``client_pool``)."""
         self.closed = True
-        try:
-            self.client.close()
-        except Exception:
-            log.debug("mooncake client close failed", exc_info=True)
+        return self.client

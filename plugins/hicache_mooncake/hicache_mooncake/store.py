@@ -36,7 +36,8 @@ from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraIn
 from hicache_core.spec.errors import HiCacheError, LayoutError
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_mooncake import codes
-from hicache_mooncake.client import open_client, tcp_reachable
+from hicache_mooncake.client import tcp_reachable
+from hicache_mooncake.client_pool import client_pool
 from hicache_mooncake.config import MooncakeSettings, load_settings
 from hicache_mooncake.flat_io import StagingBuffer, as_bytes, get_pages, object_sizes, put_pages
 from hicache_mooncake.format_record import FormatRecord, record_value
@@ -86,14 +87,19 @@ class MooncakeStore(HiCacheStorage):
         self._probe_lock = threading.Lock()
         parts = 1 if self._is_mla else 2
         # +1: an existence check carries the format record's name in the same call.
-        self._objects = ObjectClient(open_client(self.settings), self.settings.master_server_address,
+        # A client another store of this process closed with the same settings, else a new one.
+        self._objects = ObjectClient(client_pool().acquire(self.settings), self.settings.master_server_address,
                                      MAX_BATCH_PAGES * parts + 1)
+        #: Set when the client itself misbehaved: it is closed, not handed on (``client_pool``).
+        self._client_suspect = False
         self._staging = StagingBuffer(self._register, self._unregister)
         try:
             self._register(self._probe_buf)
         except BaseException:
             self.close()
             raise
+        # Setting a client up leaves freed scratch memory in glibc's arenas, resident (``heap``).
+        return_freed_memory()
 
     def _make_names(self) -> PageObjectNames:
         return self._sglang or hicache_names(self.namespace, self._is_mla)
@@ -119,6 +125,7 @@ class MooncakeStore(HiCacheStorage):
     def _register_range(self, ptr: int, size: int) -> None:
         rc = self._objects.register(ptr, size)
         if rc != 0:
+            self._client_suspect = True
             raise HiCacheError(
                 f"mooncake: register_buffer of {size} bytes failed ({codes.name_of(rc)}, {rc}); "
                 "with rdma, check the device and the locked-memory limit (ulimit -l)"
@@ -126,7 +133,8 @@ class MooncakeStore(HiCacheStorage):
         self._registered.append(ptr)
 
     def _unregister(self, ptr: int) -> None:
-        self._objects.unregister(ptr)
+        if not self._objects.unregister(ptr):
+            self._client_suspect = True  # a buffer may still be registered: never hand it on
         if ptr in self._registered:
             self._registered.remove(ptr)
 
@@ -157,6 +165,7 @@ class MooncakeStore(HiCacheStorage):
         self._pieces, self._record = pieces, record
         super().register_mem_pool_host(mem_pool_host)
         self._names = self._make_names()
+        return_freed_memory()
 
     # ------------------------------------------------------------------ guards and counters
     def _io_allowed(self, n: int, what: str) -> bool:
@@ -386,8 +395,17 @@ class MooncakeStore(HiCacheStorage):
         if why:
             raise HiCacheError(f"mooncake: master {self.settings.master_server_address} unreachable: {why}")
         self._objects.master_answered()
-        with self._probe_lock:
-            self._objects.probe(PROBE_KEY, self._probe_buf)
+        try:
+            with self._probe_lock:
+                self._objects.probe(PROBE_KEY, self._probe_buf)
+        except HiCacheError as exc:
+            # Failing while the master answers is the client's own fault (a master just
+            # restarted answers master-down codes first, which set ``master_down``).
+            if not self._objects.master_down and tcp_reachable(self.settings.master_server_address, 1.0) is None:
+                self._client_suspect = True
+                log.info("mooncake: health check failed while the master answers (%s); this client "
+                         "will be closed, not reused", exc)
+            raise
 
     def get_stats(self) -> dict[str, Any]:
         with self._counts_lock:
@@ -399,6 +417,8 @@ class MooncakeStore(HiCacheStorage):
         stats["master"] = self.settings.master_server_address
         stats["master_down"] = self._objects.master_down
         stats["protocol"] = self.settings.protocol
+        pool = client_pool()
+        stats["clients"] = {"opened": pool.opened, "reused": pool.reused, "closed": pool.closed, "idle": pool.idle()}
         stats["scheme"] = self.scheme
         stats["names"] = self._names.page_name("{hash}") + "|".join(self._names.tails)
         if self._record is not None:
@@ -411,8 +431,10 @@ class MooncakeStore(HiCacheStorage):
             return
         for ptr in list(self._registered):
             self._unregister(ptr)
-        self._objects.close()
-        # The client's threads freed their memory into glibc arenas that keep it (``heap``).
+        client = self._objects.detach()
+        reusable = not self._client_suspect and self._objects.client_faults == 0
+        client_pool().release(self.settings, client, reusable)
+        # What this store's calls freed stays in glibc's arenas, resident, otherwise (``heap``).
         return_freed_memory()
 
     def __repr__(self) -> str:
