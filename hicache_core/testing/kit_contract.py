@@ -30,13 +30,20 @@ class ContractChecks(KitBase):
             violated("contract version", f"backend speaks contract {major}.x, this core {CONTRACT_VERSION[0]}.x")
 
     def test_miss(self, backend_and_pool: Connected, keys: Keys) -> None:
-        backend, _ = backend_and_pool
+        backend, pool = backend_and_pool
         ks = keys(3)
         prop = "a page never written is a miss"
         if backend.exists(ks[0]) is not False:
             violated(prop, "exists() of a key never written did not return False")
         if backend.get(ks[0]) is not None:
             violated(prop, "get() of a key never written did not return None")
+        if backend.get(ks[0], staged_target(pool)) is not None:
+            violated(prop, "get() with a target_location of a key never written did not return None (a miss is "
+                           "None whatever the target holds)")
+        values = backend.batch_get(ks, [staged_target(pool, i) for i in range(len(ks))])
+        if isinstance(values, list) and any(v is not None for v in values):
+            violated(prop, f"batch_get() with target_locations of keys never written served "
+                           f"{[i for i, v in enumerate(values) if v is not None]} (a miss is None)")
         if backend.batch_exists(ks) != 0:
             violated(prop, "batch_exists() of keys never written is not 0")
         if backend.exists_many(ks) != [False, False, False]:
@@ -103,6 +110,11 @@ class ContractChecks(KitBase):
             violated(prop, f"pages 0,1,2,4 of 6 stored: batch_exists() must be 3, got {n}")
         if (each := backend.exists_many(ks)) != [True, True, True, False, True, False]:
             violated(prop, f"pages 0,1,2,4 of 6 stored: exists_many() gave {each}")
+        values = backend.batch_get(ks, [staged_target(pool, i) for i in range(len(ks))])
+        if not isinstance(values, list) or len(values) != len(ks):
+            violated(prop, f"batch_get() must return one entry per key, got {type(values).__name__}")
+        if (served := [v is not None for v in values]) != [True, True, True, False, True, False]:
+            violated(prop, f"pages 0,1,2,4 of 6 stored: batch_get() served {served} (a miss is None)")
 
     def test_duplicate_set_keeps_a_whole_page(self, backend_and_pool: Connected, keys: Keys) -> None:
         backend, pool = backend_and_pool

@@ -15,9 +15,11 @@ from hicache_core.testing.kit_base import (
     Keys,
     KitBase,
 )
+from hicache_core.testing.kit_reads import require_target_read, staged_target
 from hicache_core.testing.pages import (
     fill_pages,
     fill_random_pages,
+    page_nbytes,
     read_page_bytes,
     scattered_alloc,
     tensor_bytes,
@@ -28,6 +30,12 @@ from hicache_core.testing.verdicts import describe_mismatch, violated
 def pages_holding(pool: HostKVPool, data: bytes) -> list[int]:
     """The host pages of ``pool`` whose stored bytes are ``data``."""
     return [p for p in range(pool.page_num) if tensor_bytes(read_flat_page(pool, p)) == data]
+
+
+#: A pool whose pages are 1 MiB (MHA bf16: 2 x 4 layers x 64 tokens x 8 heads x 128 dims x 2
+#: bytes), as a real model's are, where the kit's usual pages are 2 KiB: a backend that
+#: cuts, chunks or slots pages at some size in between fails here.
+BIG_PAGE_POOL: dict[str, object] = {"page_size": 64, "layer_num": 4, "head_num": 8, "head_dim": 128, "pages": 4}
 
 
 class ZeroCopyChecks(KitBase):
@@ -44,6 +52,22 @@ class ZeroCopyChecks(KitBase):
                  "page, not a copy)": data for p, data in zip(pool.indices_to_pages(idx), reused)}
         dest = self.alloc(pool, 8)
         self.v1_load_all(prop, backend, pool, ks, dest, expected, others=later)
+
+    def test_big_pages(self, connect: Connect, keys: Keys) -> None:
+        backend, pool = connect(pool=dict(BIG_PAGE_POOL))
+        prop = f"pages of {page_nbytes(pool) >> 10} KiB"
+        ks = keys(2)
+        idx, expected = fill_random_pages(pool, 2, seed=45)
+        self.v1_store_all(prop, backend, ks, idx)
+        self.v1_load_all(prop, backend, pool, ks, self.alloc(pool, 2), expected, "batch_get_v1 of 1 MiB pages")
+        targets = [staged_target(pool, i) for i in range(2)]
+        got = backend.batch_get(ks, targets)
+        if not isinstance(got, list) or len(got) != 2:
+            violated(prop, f"batch_get() must return one entry per key, got {type(got).__name__}")
+        for i, value in enumerate(got):
+            if value is None:
+                violated(prop, f"batch_get() missed 1 MiB page {i}, which batch_set_v1 reported stored")
+            require_target_read(prop, value, targets[i], expected[i], f"batch_get() of 1 MiB page {i}")
 
     def test_v1_miss_returns_list_and_leaves_pool(self, backend_and_pool: Connected, keys: Keys) -> None:
         backend, pool = backend_and_pool

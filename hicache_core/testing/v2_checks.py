@@ -20,6 +20,7 @@ from hicache_core.memory.state_pool import HostStatePool
 from hicache_core.spec.config import HiCacheStorageConfig
 from hicache_core.spec.pools import PoolHitPolicy, PoolName, PoolTransfer
 from hicache_core.spec.storage import HiCacheStorage
+from hicache_core.testing.pages import PoolSnapshot
 from hicache_core.testing.verdicts import violated
 
 PAGE = 4
@@ -55,6 +56,19 @@ def _random_fill(pool: Any, seed: int) -> None:
     )
 
 
+def _require_untouched(prop: str, call: str, pool: Any, kv_before: PoolSnapshot, kv_pages: list[int],
+                       state: Any, st_before: torch.Tensor, st_slots: set[int]) -> None:
+    """Only the KV pages and state slots a transfer names may change (none for a write)."""
+    if changed := kv_before.changed_pages(kv_pages):
+        violated(prop, f"{call} changed KV host pages {changed[:8]} outside the host_indices it was given "
+                       "(a read may write only the requested pages; a write none)")
+    now, was = state.kv_buffer.view(torch.uint8), st_before.view(torch.uint8)
+    slots = [r for r in range(now.shape[0]) if r not in st_slots and not torch.equal(now[r], was[r])]
+    if slots:
+        violated(prop, f"{call} changed sidecar state slots {slots[:8]} outside the host_indices it was given "
+                       "(a read may write only the requested slots; a write none)")
+
+
 class V2PoolTransferChecks:
     """The v2 API: sidecar pools stored beside KV, their hit policies, byte-equal round trips."""
 
@@ -73,11 +87,13 @@ class V2PoolTransferChecks:
         kv_idx = _scattered(pool, n)
         marks = state_pages if state_pages is not None else list(range(n))
         st_idx = _scattered(state, len(marks))
+        kv_before, st_before = PoolSnapshot(pool), state.kv_buffer.clone()
         res = backend.batch_set_v2([
             PoolTransfer(PoolName.KV, host_indices=kv_idx, keys=keys),
             PoolTransfer(PoolName.MAMBA, host_indices=st_idx, keys=[keys[i] for i in marks],
                          hit_policy=PoolHitPolicy.TRAILING_PAGES),
         ])
+        _require_untouched("v2 round trip", "batch_set_v2", pool, kv_before, [], state, st_before, set())
         if res.get("kv") != [True] * n:
             violated("v2 round trip", f"batch_set_v2 did not store every KV page on a healthy backend: {res}")
         if res.get("mamba") != [True] * len(marks):
@@ -94,6 +110,9 @@ class V2PoolTransferChecks:
         state = HostStatePool(16, (3, 5), dtype=torch.float32)
         other, pool = _attach(open_backend, state, storage_config, opened)
         kv_idx, st_idx = _scattered(pool, len(keys)), _scattered(state, len(keys))
+        _random_fill(pool, 7)  # not zeros: a stray write of zeros shows too
+        _random_fill(state, 8)
+        kv_before, st_before = PoolSnapshot(pool), state.kv_buffer.clone()
         got = other.batch_get_v2([
             PoolTransfer(PoolName.KV, host_indices=kv_idx, keys=keys),
             PoolTransfer(PoolName.MAMBA, host_indices=st_idx, keys=keys, hit_policy=PoolHitPolicy.TRAILING_PAGES),
@@ -109,6 +128,8 @@ class V2PoolTransferChecks:
             st = bytes(state.kv_buffer[int(st_idx[i])].view(torch.uint8).numpy())
             if st != ctx["st"][i]:
                 violated(prop, f"batch_get_v2 loaded sidecar state {i} with other bytes")
+        _require_untouched(prop, "batch_get_v2", pool, kv_before, pool.indices_to_pages(kv_idx), state, st_before,
+                           {int(i) for i in st_idx})
 
     def test_v2_trailing_pages_policy(self, open_backend: Any, storage_config: HiCacheStorageConfig,
         opened: list[HiCacheStorage]) -> None:

@@ -20,11 +20,14 @@ import torch
 
 from broken_backends.defects_pool import (
     LeavesTargetUnwritten,
+    MissReturnsTarget,
     NoOpV1Read,
     ReturnsBytesNotPages,
     ScribblesNeighbourOnGet,
     SetClearsHostPages,
+    SlotsOf256KiB,
     StoresAReference,
+    V2ScribblesStateSlots,
     ZeroFillsMissesInABatch,
 )
 from broken_backends.defects_store import (
@@ -247,6 +250,9 @@ GALLERY: dict[type, tuple[str, str]] = {
     StoresAReference: ("test_set_get_roundtrip", "the backend kept the tensor, not a copy"),
     LeavesTargetUnwritten: ("test_set_get_roundtrip", "did not write it into target_location"),
     ReturnsBytesNotPages: ("test_set_get_roundtrip", "return the page as the target's dtype and length"),
+    SlotsOf256KiB: ("test_big_pages", "pages of 1024 KiB: batch_get_v1 of 1 MiB pages: page 0 read back differs in "
+                                      "bytes 262144..1048575"),
+    MissReturnsTarget: ("test_miss", "get() with a target_location of a key never written did not return None"),
     # defects_store: keys, removal, batches, threads, crashes, v2 sidecars.
     CaseFoldsKeys: ("test_odd_keys", "the upper-case key served a page that holds the bytes of the page of the "
                                      "lower-case key"),
@@ -272,4 +278,5 @@ GALLERY: dict[type, tuple[str, str]] = {
     WritesBehind: ("test_set_get_roundtrip", "set/get round trip: get() returned a page that differs"),
     ZeroFilledOnKill: ("test_persistent_after_kill_9", "(a torn or wrong page)"),
     SidecarUnderTheKvKey: ("test_v2_round_trip_kv_and_sidecar", "v2 round trip (KV and a sidecar pool)"),
+    V2ScribblesStateSlots: ("test_v2_round_trip_kv_and_sidecar", "changed sidecar state slots"),
 }

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from broken_backends.reference import MemoryStore, page_bytes_of
+from hicache_core import Capabilities
 from hicache_core.memory.pages import write_flat_page
 
 
@@ -107,3 +108,65 @@ class ReturnsBytesNotPages(MemoryStore):
     def get(self, key: str, target_location: Any | None = None, target_sizes: Any | None = None) -> torch.Tensor | None:
         got = super().get(key, target_location, target_sizes)
         return None if got is None else got.view(-1).view(torch.uint8)
+
+
+class MissReturnsTarget(MemoryStore):
+    """get(key, target_location) returns the target even when the key is absent (a C-style
+    "fill this buffer" call that ignores the status); get without a target and the v1 path
+    answer correctly. SGLang's generic controller path takes the returned target as a hit.
+    (Neither shared nor deletable, so only the basic miss checks can see it.)"""
+
+    capabilities = Capabilities()
+
+    def get(self, key: str, target_location: Any | None = None, target_sizes: Any | None = None) -> torch.Tensor | None:
+        got = super().get(key, target_location, target_sizes)
+        return target_location if got is None and isinstance(target_location, torch.Tensor) else got
+
+    def batch_get_v1(self, keys: list[str], host_indices: torch.Tensor, extra_info: Any = None) -> list[bool]:
+        pool = self._pool_for_v1(keys, host_indices)
+        out = []
+        for key, page in zip(keys, pool.indices_to_pages(host_indices)):
+            data = self._load(self._name(key))
+            if data is not None:
+                write_flat_page(pool, page, torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            out.append(data is not None)
+        return out
+
+
+class V2ScribblesStateSlots(MemoryStore):
+    """batch_get_v2 loads every pool right, then zeroes the sidecar state slot after each one
+    it loaded (a bulk copy one slot too long)."""
+
+    def batch_get_v2(self, transfers: list[Any], extra_info: Any = None) -> dict[str, list[bool]]:
+        results = super().batch_get_v2(transfers, extra_info)
+        for t in transfers:
+            name = getattr(t.name, "value", t.name)
+            if name == "kv" or t.host_indices is None:
+                continue
+            pool = self._v2_pool(t.name)
+            slots = {int(i) for i in t.host_indices}
+            for slot in slots:
+                if slot + 1 < pool.kv_buffer.shape[0] and slot + 1 not in slots:
+                    pool.kv_buffer[slot + 1].zero_()
+        return results
+
+
+class SlotsOf256KiB(MemoryStore):
+    """Keeps pages in fixed 256 KiB slots: a bigger page is cut to its first 256 KiB on set, and
+    a read fills the rest of the target with zeros. Pages of the kit's small pools fit."""
+
+    SLOT = 256 * 1024
+
+    def _store(self, name: str, data: bytes) -> bool:
+        return super()._store(name, data[: self.SLOT])
+
+    def get(self, key: str, target_location: Any | None = None, target_sizes: Any | None = None) -> torch.Tensor | None:
+        data = self._load(self._name(key))
+        if data is None:
+            return None
+        if isinstance(target_location, torch.Tensor):
+            raw = target_location.view(-1).view(torch.uint8)
+            raw.zero_()
+            raw[: len(data)].copy_(torch.frombuffer(bytearray(data), dtype=torch.uint8))
+            return target_location
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8)
