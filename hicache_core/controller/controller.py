@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -126,7 +127,7 @@ class StorageController(StatusMixin, SessionBuilderMixin, BreakerMixin):
         #: switch, breaker re-attach). A knobs-only re-attach keeps it.
         self._storage_epoch = 0
         self._shown_fields: frozenset[str] = frozenset()
-        self._stats_cache: tuple[float, Session | None, dict[str, Any] | None] = (0.0, None, None)
+        self._stats_cache: tuple[float, weakref.ref[Session] | None, dict[str, Any] | None] = (0.0, None, None)
 
     # ================================================================== properties
     @property

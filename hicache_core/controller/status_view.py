@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ class StatusMixin:
     _suffix: str
     _storage_epoch: int
     _shown_fields: frozenset[str]
-    _stats_cache: tuple[float, Session | None, dict[str, Any] | None]
+    _stats_cache: tuple[float, weakref.ref[Session] | None, dict[str, Any] | None]
     _last_error: str | None
     _last_error_at: str | None
 
@@ -109,11 +110,12 @@ class StatusMixin:
         if sess is None:
             return None
         at, cached_sess, cached = self._stats_cache
-        if cached_sess is sess and time.monotonic() - at < STATS_TTL_S:
+        if cached_sess is not None and cached_sess() is sess and time.monotonic() - at < STATS_TTL_S:
             return (sess.name, cached) if cached is not None else None
         out = sess.guard.call("get_stats", sess.backend.get_stats, report=False)
         stats = out.value if out.ok and isinstance(out.value, dict) else None
-        self._stats_cache = (time.monotonic(), sess, stats)
+        # A weak reference: a detached session (its closed backend) must not live on in a cache.
+        self._stats_cache = (time.monotonic(), weakref.ref(sess), stats)
         return (sess.name, stats) if stats is not None else None
 
     def backend_stats_shown(self) -> dict[str, Any] | None:

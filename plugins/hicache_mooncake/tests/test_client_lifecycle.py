@@ -111,6 +111,7 @@ def test_attach_detach_cycles_keep_one_client_and_flat_rss(
     for cycle in range(WARMUP + CYCLES):
         controller.attach("mooncake", extra)
         assert len(live_stores()) == 1, f"cycle {cycle}: more than one Mooncake client alive while attached"
+        assert controller.backend_stats() is not None  # the status path caches the stats (not the session)
         controller.detach()
         alive = wait_no_live_store()
         assert not alive, f"cycle {cycle}: {len(alive)} closed MooncakeStore(s) still alive after detach"
