@@ -39,6 +39,7 @@ module is put in its place (stated in the output).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -431,9 +432,9 @@ def results_table(results: dict[str, dict[str, dict[str, float]]], names: list[s
     for label, res in results.items():
         for op in OPS:
             key = op + tag
-            if all(key not in res[n] for n in names):
+            if all(key not in res.get(n, {}) for n in names):
                 continue
-            cells = [f"{res[n][key]:.3f}" if key in res[n] else "-" for n in names]
+            cells = [f"{res[n][key]:.3f}" if key in res.get(n, {}) else "-" for n in names]
             seg, sgl, one = res["segment v1"].get(key), res["SGLang HiCacheFile"].get(key), one_file_limit(res, key)
             if op == "exists":
                 vs, limit = fmt_ratio(sgl / seg if seg and sgl else None), ""
@@ -463,6 +464,7 @@ def main() -> None:
     ap.add_argument("--drop-caches", action="store_true",
                     help="cold reads after 'echo 1 > /proc/sys/vm/drop_caches' (root) instead of per-file fadvise")
     ap.add_argument("--sizes", default=",".join(SHAPES), help="page sizes to run, comma-separated")
+    ap.add_argument("--json", default=None, help="also write the medians to this file (JSON)")
     args = ap.parse_args()
     console = Console(width=max(shutil.get_terminal_size((200, 40)).columns, 170))
     started = time.perf_counter()
@@ -483,6 +485,9 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
     names = ["SGLang HiCacheFile", "pagefile v1", "segment v1", "segment, verify always", "raw per-page files",
              "raw one file"]
     names += sorted({n for res in results.values() for n in res if n.startswith("raw one file,")})

@@ -416,3 +416,27 @@ def test_io_threads_take_jobs_as_they_get_free(open_store: Open) -> None:
     finally:
         release.set()
         busy.result(timeout=30)
+
+
+@pytest.mark.parametrize("helper_busy", [False, True])
+def test_checksums_computed_ahead_are_the_pages(open_store: Open, monkeypatch: pytest.MonkeyPatch, helper_busy: bool) -> None:
+    """Big-page writes: helpers checksum the chunks ahead while the caller writes (or, helper
+    busy elsewhere, the caller does it); either way a reader checking every page gets them all."""
+    from hicache_file.segment import store as store_module
+
+    monkeypatch.setattr(store_module, "PARALLEL_MIN_PAGE_BYTES", 0)
+    record = HEADER_SIZE + make_pool().page_bytes
+    writer, wpool = open_store(io_threads=2, chunk_bytes=record)
+    release = threading.Event()
+    helpers = writer._helpers()
+    assert helpers is not None
+    busy = helpers.submit(release.wait, 60) if helper_busy else None
+    try:
+        assert put(writer, wpool, seed=140, n=12) == [True] * 12
+    finally:
+        release.set()
+        if busy is not None:
+            busy.result(timeout=30)
+    reader, rpool = open_store(verify="always")
+    assert read_ok(reader, rpool, 140, 12) == [True] * 12
+    assert reader.get_stats()["corrupt"] == 0

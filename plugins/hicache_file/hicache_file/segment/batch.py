@@ -4,7 +4,8 @@ Reads: the index gives each key's record; records of one segment that lie back t
 written in one batch do) are read by one ``preadv`` per ``chunk_bytes``, then each page's
 header is checked (key, segment, offset, length) and, unless this process already checked it
 (``verify: first``), its checksum. Writes: per chunk, each page's checksum and header, then one
-``pwritev`` of headers and pages.
+``pwritev`` of headers and pages (with helper threads, the checksums of the next chunks are
+computed while the calling thread writes).
 """
 
 from __future__ import annotations
@@ -146,17 +147,26 @@ def read_chunk(chunk: list[ReadItem], verify_all: bool) -> list[ReadItem]:
 WriteItem = tuple[int, int, Pieces]  # (result index, key hash, source pieces)
 
 
+def checksums(items: list[WriteItem]) -> list[int]:
+    """Each page's checksum (xxhash runs without the GIL: other threads go on meanwhile)."""
+    return [page_checksum(pieces) for _, _, pieces in items]
+
+
 def write_chunk(
-    seg: Segment, offset: int, items: list[WriteItem], length: int, mid_write: Callable[[], None] | None = None,
+    seg: Segment, offset: int, items: list[WriteItem], length: int, sums: list[int] | None = None,
+    mid_write: Callable[[], None] | None = None,
 ) -> bool:
     """Write records for ``items`` back to back at ``offset`` with one ``pwritev``; True when all landed.
 
+    ``sums``: the pages' checksums when already computed (``checksums``), else computed here.
     ``mid_write`` (a test hook) is called after the first half of the buffers was written.
     """
+    if sums is None:
+        sums = checksums(items)
     bufs: list[Any] = []
     record = HEADER_SIZE + length
-    for k, (_, key, pieces) in enumerate(items):
-        bufs.append(pack_header(length, key, page_checksum(pieces), seg.id, offset + k * record))
+    for k, ((_, key, pieces), checksum) in enumerate(zip(items, sums)):
+        bufs.append(pack_header(length, key, checksum, seg.id, offset + k * record))
         bufs.extend(pieces)
     total = len(items) * record
     try:

@@ -31,7 +31,15 @@ from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraIn
 from hicache_core.spec.errors import BackendConfigError, HiCacheError
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_file.plugin import CAPABILITIES
-from hicache_file.segment.batch import ReadItem, WriteItem, plan_reads, read_chunk, read_chunks, write_chunk
+from hicache_file.segment.batch import (
+    ReadItem,
+    WriteItem,
+    checksums,
+    plan_reads,
+    read_chunk,
+    read_chunks,
+    write_chunk,
+)
 from hicache_file.segment.config import SegmentSettings, config_model
 from hicache_file.segment.format import HEADER_SIZE
 from hicache_file.segment.index import Segment
@@ -266,8 +274,7 @@ class SegmentStore(HiCacheStorage):
             for seg, offset, run in runs
             for k in range(0, len(run), per_chunk)
         ]
-        hook = MID_WRITE_HOOK
-        results = self._run(jobs, lambda job: write_chunk(job[0], job[1], job[2], length, hook), length)
+        results = self._write_jobs(jobs, length)
         written: list[tuple[int, Segment, int, int]] = []
         written_at: list[int] = []
         failed: list[tuple[int, Segment, int, int]] = []
@@ -294,6 +301,37 @@ class SegmentStore(HiCacheStorage):
             stats["bytes_written"] += length * sum(oks)
         return out
 
+    def _write_jobs(self, jobs: list[tuple[Segment, int, list[WriteItem]]], length: int) -> list[bool]:
+        """Write each chunk of records in order from the calling thread; with ``io_threads`` at
+        big pages, helper threads compute the checksums of the chunks ahead meanwhile.
+
+        One thread writes: buffered writes to one file take its inode lock in turn, and a
+        second writer would only spin on it. A chunk whose checksums no helper has started yet
+        (helpers busy, or without a CPU on a loaded machine) is checksummed right here.
+        """
+        hook = MID_WRITE_HOOK
+        executor = self._helpers() if len(jobs) > 1 and length >= PARALLEL_MIN_PAGE_BYTES else None
+        if executor is None:
+            return [write_chunk(seg, offset, items, length, None, hook) for seg, offset, items in jobs]
+        ahead = [executor.submit(checksums, items) for _, _, items in jobs]
+        out = []
+        try:
+            for (seg, offset, items), sums in zip(jobs, ahead):
+                out.append(write_chunk(seg, offset, items, length, None if sums.cancel() else sums.result(), hook))
+        finally:
+            for sums in ahead:
+                sums.cancel()
+        return out
+
+    def _helpers(self) -> ThreadPoolExecutor | None:
+        """The ``io_threads - 1`` helper threads (None with ``io_threads`` 1)."""
+        if self.settings.io_threads <= 1:
+            return None
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(self.settings.io_threads - 1, thread_name_prefix="hicache-seg")
+            return self._executor
+
     def _run_bytes(self, items: list[ReadItem]) -> int:
         """The most bytes one ``preadv`` of pages that need no checksum moves: ``RUN_BYTES``, less
         when that would leave fewer runs than the batch's threads."""
@@ -309,12 +347,9 @@ class SegmentStore(HiCacheStorage):
         means the others do more, never that the batch waits on it.
         """
         threads = min(self.settings.io_threads, len(jobs))
-        if threads <= 1 or page_bytes < PARALLEL_MIN_PAGE_BYTES:
+        executor = self._helpers() if threads > 1 and page_bytes >= PARALLEL_MIN_PAGE_BYTES else None
+        if executor is None:
             return [fn(job) for job in jobs]
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.settings.io_threads - 1, thread_name_prefix="hicache-seg")
-            executor = self._executor
         out: list[Any] = [None] * len(jobs)
         pending = iter(range(len(jobs)))  # next() of a range iterator is atomic: each job runs once
 
