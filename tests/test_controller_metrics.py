@@ -82,3 +82,23 @@ def test_shared_registry_with_rank_labels(tmp_path: Path) -> None:
     finally:
         for c in ctls:
             c.close()
+
+
+def test_a_closed_controller_is_not_kept_alive_by_a_shared_registry(tmp_path: Path) -> None:
+    """The registry outlives nodes (the process-wide default does): its backend-stats collector
+    held each rank's controller, and with it the host pool and the closed backend, until another
+    node took the rank."""
+    import gc
+    import weakref
+
+    registry = CollectorRegistry()
+    ctl = make_controller(make_pool(), metrics_registry=registry)
+    ctl.attach("dirstore", {"root": str(tmp_path)})
+    assert b"hicache_backend_stat" in generate_latest(registry)
+    gone = weakref.ref(ctl)
+    ctl.detach()
+    ctl.close()
+    del ctl
+    gc.collect()
+    assert gone() is None
+    generate_latest(registry)  # a scrape after the controller is gone still works

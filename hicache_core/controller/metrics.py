@@ -7,6 +7,7 @@ Plain counters are kept beside the Prometheus ones for ``status()``.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -117,11 +118,18 @@ class BackendStatsCollector(Collector):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sources: dict[str, StatsSource] = {}
+        self._sources: dict[str, Callable[[], StatsSource | None]] = {}
 
     def add(self, rank: str, source: StatsSource) -> None:
+        # The registry is process-wide: a bound method is held weakly, so a closed controller
+        # (and its host pools and backend) is not kept alive until another node takes its rank.
+        ref: Callable[[], StatsSource | None]
+        if inspect.ismethod(source):
+            ref = weakref.WeakMethod(source)
+        else:
+            ref = lambda: source  # noqa: E731
         with self._lock:
-            self._sources[rank] = source
+            self._sources[rank] = ref
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         fam = GaugeMetricFamily(
@@ -129,8 +137,14 @@ class BackendStatsCollector(Collector):
             labels=["backend", "rank", "stat"],
         )
         with self._lock:
-            sources = dict(self._sources)
-        for rank, source in sorted(sources.items()):
+            refs = dict(self._sources)
+        for rank, ref in sorted(refs.items()):
+            source = ref()
+            if source is None:  # its controller is gone
+                with self._lock:
+                    if self._sources.get(rank) is ref:
+                        del self._sources[rank]
+                continue
             try:
                 got = source()
             except Exception:
