@@ -24,7 +24,8 @@ Contenders:
 - ``raw one file``: the same bytes to and from one preallocated file with as few
   ``pwritev``/``preadv`` calls as ``IOV_MAX`` allows: the disk and page-cache limit. Each
   set writes a new file preallocated (untimed) with ``posix_fallocate``, since a cache stores
-  new pages in new space; gets read what the last set wrote. Where the segment store uses
+  new pages in new space (earlier ones are kept until the round ends, as the stores keep
+  their pages); gets read what the last set wrote. Where the segment store uses
   ``io_threads`` threads (1 MiB pages), ``raw one file, N threads`` does the same split over
   as many threads; the "% of one file" figures are against the better of the two rows.
 
