@@ -34,8 +34,11 @@ def page_nbytes(pool: Any) -> int:
 
 def random_page(pool: Any, seed: int) -> torch.Tensor:
     """One flat page of random bytes (in the pool's dtype), the same for the same seed."""
-    gen = torch.Generator().manual_seed(seed)
-    raw = torch.randint(0, 256, (page_nbytes(pool),), dtype=torch.uint8, generator=gen)
+    n = page_nbytes(pool)
+    if n > 1 << 16:  # numpy's generator is faster for big pages, torch's for small ones
+        raw = torch.frombuffer(bytearray(np.random.default_rng(seed).bytes(n)), dtype=torch.uint8)
+    else:
+        raw = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
     return raw.view(pool.kv_buffer.dtype)
 
 
