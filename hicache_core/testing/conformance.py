@@ -15,11 +15,17 @@ Fixtures to override (all optional but one of the first two):
 
 The checks, by concern (each module's docstring says what it proves):
 
-- ``kit_contract``: single-key and batch API, overwrite, delete/clear, threads.
-- ``kit_zero_copy``: v1 round trips in every layout (MHA and MLA), scattered host indices.
+- ``kit_contract``: single-key and batch API, overwrite, delete/clear (also after reopen or from
+  a second instance), threads started together with bytes checked on every read, 1 MiB pages.
+- ``kit_zero_copy``: v1 round trips in every layout (MHA and MLA), scattered host indices; a
+  set leaves the host pool as it was, a get writes only the pages it reports as hits.
+- ``kit_reads`` (helpers): read targets pre-filled with other bytes, so a hit that writes
+  nothing fails; a ``get`` with a target must land in it, with its dtype and length; a removed
+  page is a miss through every call.
 - ``kit_paths``: one page, every path (v1 <-> tensor) and every layout (same KV or a miss).
 - ``kit_namespace``: namespace isolation (model, tp rank/size, pp, attention cp, dtype, layout,
-  geometry) and odd keys.
+  geometry) and odd keys (long keys differing past 1,024 characters, case, Unicode forms, path
+  pieces such as ``..`` and ``//``, NUL, spaces, ``@``).
 - ``kit_durability``: persistence after reopen and after ``kill -9`` of a writer process.
 - ``v2_checks``: the v2 pool transfers (KV + a Mamba-like state pool, hit policies).
 
