@@ -440,3 +440,39 @@ def test_checksums_computed_ahead_are_the_pages(open_store: Open, monkeypatch: p
     reader, rpool = open_store(verify="always")
     assert read_ok(reader, rpool, 140, 12) == [True] * 12
     assert reader.get_stats()["corrupt"] == 0
+
+
+def test_reads_from_disk_go_one_thread_from_page_cache_side_by_side(open_store: Open, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hicache_file.segment import store as store_module
+
+    monkeypatch.setattr(store_module, "PARALLEL_MIN_PAGE_BYTES", 0)
+    record = HEADER_SIZE + make_pool().page_bytes
+    store, pool = open_store(io_threads=2, chunk_bytes=record)
+    assert put(store, pool, seed=150, n=8) == [True] * 8
+    seen: list[int] = []
+    real = store._run
+    monkeypatch.setattr(store, "_run", lambda jobs, fn, page_bytes: seen.append(page_bytes) or real(jobs, fn, page_bytes))
+    assert read_ok(store, pool, 150, 8) == [True] * 8  # just written: in the page cache
+    assert seen[-1] > 0
+    if _fs_type(str(segment_files(store)[0])) in ("tmpfs", "ramfs"):
+        pytest.skip("pages of this file system live in memory: nothing is ever read from a disk")
+    for path in segment_files(store):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    assert read_ok(store, pool, 150, 8) == [True] * 8  # from the disk
+    assert seen[-1] == 0
+
+
+def _fs_type(path: str) -> str:
+    """The type of the file system holding ``path`` (the longest mount point above it)."""
+    best, kind = "", ""
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            _, point, fstype, *_ = line.split()
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+                best, kind = point, fstype
+    return kind

@@ -12,6 +12,7 @@ written page first, checksummed from the CPU cache, then its header.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ from hicache_file.segment.index import CHECKED, Segment, SegmentIndex
 from hicache_file.segment.pageio import preadv_all, pwritev_all
 
 log = logging.getLogger(__name__)
+
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)
 
 Pieces = list[memoryview]
 
@@ -102,6 +105,20 @@ def read_chunks(items: list[ReadItem], chunk_bytes: int, run_bytes: int, verify_
     if cur:
         chunks.append(cur)
     return chunks
+
+
+def in_page_cache(chunk: list[ReadItem]) -> bool:
+    """Whether the run's first bytes are in the page cache: one ``preadv`` of its first header
+    with ``RWF_NOWAIT``, which fails rather than wait for the disk (having started the kernel's
+    readahead there, which the run's read then uses). True where it cannot tell."""
+    if not _NOWAIT:
+        return True
+    try:
+        return os.preadv(chunk[0].seg.fd, [bytearray(HEADER_SIZE)], chunk[0].offset, _NOWAIT) > 0
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def read_chunk(chunk: list[ReadItem], verify_all: bool) -> list[ReadItem]:

@@ -35,6 +35,7 @@ from hicache_file.segment.batch import (
     ReadItem,
     WriteItem,
     checksums,
+    in_page_cache,
     plan_reads,
     read_chunk,
     read_chunks,
@@ -191,7 +192,13 @@ class SegmentStore(HiCacheStorage):
             if items:
                 verify_all = self.settings.verify == "always"
                 chunks = read_chunks(items, self.settings.chunk_bytes, self._run_bytes(items), verify_all)
-                for failed in self._run(chunks, lambda c: read_chunk(c, verify_all), items[0].length):
+                # From the page cache, runs are read side by side; from the disk, one after the
+                # other by one thread: two threads' runs of one file, interleaved, defeat the
+                # kernel's readahead (about 15 % slower cold reads here).
+                page_bytes = items[0].length
+                if page_bytes >= PARALLEL_MIN_PAGE_BYTES and len(chunks) > 1 and not in_page_cache(chunks[0]):
+                    page_bytes = 0
+                for failed in self._run(chunks, lambda c: read_chunk(c, verify_all), page_bytes):
                     bad.extend(failed)
         finally:
             with ns.lock:
