@@ -73,6 +73,9 @@ class ClientPool:
         self._lock = threading.Lock()
         self._idle: dict[MooncakeSettings, list[tuple[Any, float]]] = {}
         self._reaper: threading.Timer | None = None
+        #: The process whose clients these are: a forked child inherits the objects but not the
+        #: clients' threads or connections, so it must neither use nor close them.
+        self._pid = os.getpid()
         #: Clients set up, handed out again, and closed: for status and tests.
         self.opened = 0
         self.reused = 0
@@ -135,7 +138,9 @@ class ClientPool:
         return len(clients)
 
     def close_all(self) -> None:
-        """Close every idle client (at exit, and for tests)."""
+        """Close every idle client (at exit, and for tests); nothing in a forked child."""
+        if os.getpid() != self._pid:
+            return
         with self._lock:
             if self._reaper is not None:
                 self._reaper.cancel()
@@ -169,11 +174,21 @@ _POOL: ClientPool | None = None
 _POOL_LOCK = threading.Lock()
 
 
+def _forget_in_child() -> None:
+    """After fork: the child starts with no pool (and a fresh lock, which another thread of the
+    parent may have held at the fork)."""
+    global _POOL, _POOL_LOCK
+    _POOL, _POOL_LOCK = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
 def client_pool() -> ClientPool:
     """The process-wide pool (created on first use; its idle clients are closed at exit)."""
     global _POOL
     with _POOL_LOCK:
-        if _POOL is None:
+        if _POOL is None or _POOL._pid != os.getpid():
             _POOL = ClientPool()
             atexit.register(_POOL.close_all)
         return _POOL

@@ -239,3 +239,32 @@ def test_pool_bounds_idle_clients_and_closes_them_after_the_linger() -> None:
     assert pool.close_idle("127.0.0.1:1") == 1 and mine.closed and not theirs.closed  # a cluster stopping
     pool.close_all()
     assert theirs.closed and pool.idle() == 0
+
+
+def test_a_forked_child_neither_uses_nor_closes_the_parents_clients() -> None:
+    """The kit's kill -9 writer is a forked child: it inherits the pool's objects but not the
+    clients' threads and connections. It gets a pool of its own, and the inherited pool's
+    atexit close does nothing there."""
+    import os
+
+    shared = client_pool()
+    settings = _settings()
+    pool = _pool()
+    kept = pool.acquire(settings)
+    pool.release(settings, kept, reusable=True)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without the parent's atexit handlers
+        ok = client_pool() is not shared
+        pool.close_all()  # what the inherited atexit handler would run
+        ok = ok and not kept.closed and pool.idle() == 1
+        os.write(write, b"1" if ok else b"0")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert answer == b"1"
+    assert client_pool() is shared and pool.idle() == 1 and not kept.closed
+    pool.close_all()
+    assert kept.closed
