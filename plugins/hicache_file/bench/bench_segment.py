@@ -57,7 +57,8 @@ from typing import Any
 import torch
 from hicache_file.segment.index import SegmentIndex
 from hicache_file.segment.pageio import PoolPages, preadv_all, pwritev_all
-from hicache_file.segment.store import PARALLEL_MIN_PAGE_BYTES, SegmentStore
+from hicache_file.segment.store import SegmentStore
+from hicache_file.segment.threads import PARALLEL_MIN_PAGE_BYTES
 from hicache_file.store import FileStore
 from rich.console import Console
 from rich.table import Table
@@ -464,9 +465,13 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="directory on the disk to test (default: a temp dir in /tmp)")
     ap.add_argument("--drop-caches", action="store_true",
                     help="cold reads after 'echo 1 > /proc/sys/vm/drop_caches' (root) instead of per-file fadvise")
-    ap.add_argument("--sizes", default=",".join(SHAPES), help="page sizes to run, comma-separated")
+    ap.add_argument("--sizes", default=",".join(SHAPES),
+                    help=f"page sizes to run, comma-separated, of: {', '.join(repr(k) for k in SHAPES)}")
     ap.add_argument("--json", default=None, help="also write the medians to this file (JSON)")
     args = ap.parse_args()
+    unknown = [label for label in args.sizes.split(",") if label not in SHAPES]
+    if unknown:
+        ap.error(f"--sizes: {', '.join(map(repr, unknown))} not known; give some of {', '.join(map(repr, SHAPES))}")
     console = Console(width=max(shutil.get_terminal_size((200, 40)).columns, 170))
     started = time.perf_counter()
     HiCacheFile, SGLConfig, note = import_sglang_file_backend()

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hicache_file.segment import store as segment_store
+from hicache_file.segment import threads as segment_threads
 from hicache_file.segment.store import SegmentStore
 
 from hicache_core import HiCacheStorage, HiCacheStorageConfig, create_backend
@@ -31,7 +31,7 @@ class TestSegmentStoreSmallSegmentsConformance(StorageConformanceTests):
 
     @pytest.fixture(autouse=True)
     def _threads_for_small_pages(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(segment_store, "PARALLEL_MIN_PAGE_BYTES", 0)
+        monkeypatch.setattr(segment_threads, "PARALLEL_MIN_PAGE_BYTES", 0)
 
     @pytest.fixture
     def storage_config(self, tmp_path: Path) -> HiCacheStorageConfig:

@@ -396,20 +396,20 @@ def test_big_pages_use_two_threads_by_default() -> None:
 
 def test_io_threads_take_jobs_as_they_get_free(open_store: Open) -> None:
     """Jobs run once each, results in order; a helper thread busy elsewhere holds nothing up."""
-    from hicache_file.segment.store import PARALLEL_MIN_PAGE_BYTES
+    from hicache_file.segment.threads import PARALLEL_MIN_PAGE_BYTES
 
     store, _ = open_store(io_threads=2)
     ran: list[int] = []
-    assert store._run(list(range(50)), lambda j: ran.append(j) or j * 2, PARALLEL_MIN_PAGE_BYTES) == [
+    assert store._threads.run(list(range(50)), lambda j: ran.append(j) or j * 2, PARALLEL_MIN_PAGE_BYTES) == [
         j * 2 for j in range(50)
     ]
     assert sorted(ran) == list(range(50))
-    assert store._executor is not None
+    assert store._threads.executor is not None
     release = threading.Event()
-    busy = store._executor.submit(release.wait, 60)  # the only helper, taken by another batch
+    busy = store._threads.executor.submit(release.wait, 60)  # the only helper, taken by another batch
     try:
         done: list[Any] = []
-        caller = threading.Thread(target=lambda: done.append(store._run([1, 2, 3], lambda j: -j, PARALLEL_MIN_PAGE_BYTES)))
+        caller = threading.Thread(target=lambda: done.append(store._threads.run([1, 2, 3], lambda j: -j, PARALLEL_MIN_PAGE_BYTES)))
         caller.start()
         caller.join(timeout=30)
         assert done == [[-1, -2, -3]]
@@ -422,13 +422,13 @@ def test_io_threads_take_jobs_as_they_get_free(open_store: Open) -> None:
 def test_checksums_computed_ahead_are_the_pages(open_store: Open, monkeypatch: pytest.MonkeyPatch, helper_busy: bool) -> None:
     """Big-page writes: helpers checksum the chunks ahead while the caller writes (or, helper
     busy elsewhere, the caller does it); either way a reader checking every page gets them all."""
-    from hicache_file.segment import store as store_module
+    from hicache_file.segment import threads as threads_module
 
-    monkeypatch.setattr(store_module, "PARALLEL_MIN_PAGE_BYTES", 0)
+    monkeypatch.setattr(threads_module, "PARALLEL_MIN_PAGE_BYTES", 0)
     record = HEADER_SIZE + make_pool().page_bytes
     writer, wpool = open_store(io_threads=2, chunk_bytes=record)
     release = threading.Event()
-    helpers = writer._helpers()
+    helpers = writer._threads.helpers()
     assert helpers is not None
     busy = helpers.submit(release.wait, 60) if helper_busy else None
     try:
@@ -443,15 +443,15 @@ def test_checksums_computed_ahead_are_the_pages(open_store: Open, monkeypatch: p
 
 
 def test_reads_from_disk_go_one_thread_from_page_cache_side_by_side(open_store: Open, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hicache_file.segment import store as store_module
+    from hicache_file.segment import threads as threads_module
 
-    monkeypatch.setattr(store_module, "PARALLEL_MIN_PAGE_BYTES", 0)
+    monkeypatch.setattr(threads_module, "PARALLEL_MIN_PAGE_BYTES", 0)
     record = HEADER_SIZE + make_pool().page_bytes
     store, pool = open_store(io_threads=2, chunk_bytes=record)
     assert put(store, pool, seed=150, n=8) == [True] * 8
     seen: list[int] = []
-    real = store._run
-    monkeypatch.setattr(store, "_run", lambda jobs, fn, page_bytes: seen.append(page_bytes) or real(jobs, fn, page_bytes))
+    real = store._threads.run
+    monkeypatch.setattr(store._threads, "run", lambda jobs, fn, page_bytes: seen.append(page_bytes) or real(jobs, fn, page_bytes))
     assert read_ok(store, pool, 150, 8) == [True] * 8  # just written: in the page cache
     assert seen[-1] > 0
     if _fs_type(str(segment_files(store)[0])) in ("tmpfs", "ramfs"):

@@ -33,7 +33,7 @@ class SegmentSettings:
     max_bytes: int | None = None
     max_pages: int | None = None
     fsync: bool = False
-    #: Threads serving one batch of pages of ``PARALLEL_MIN_PAGE_BYTES`` or more (store.py). Two
+    #: Threads serving one batch of pages of ``PARALLEL_MIN_PAGE_BYTES`` or more (threads.py). Two
     #: by default, as for the page-file scheme: one thread's page checksums then run while the
     #: other's ``pwritev`` copies into the page cache (xxhash drops the GIL), so a set of big
     #: pages costs about its copy alone; reads from the page cache run side by side.

@@ -20,7 +20,6 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -31,21 +30,14 @@ from hicache_core.spec.config import HiCacheStorageConfig, HiCacheStorageExtraIn
 from hicache_core.spec.errors import BackendConfigError, HiCacheError
 from hicache_core.spec.storage import HiCacheStorage
 from hicache_file.plugin import CAPABILITIES
-from hicache_file.segment.batch import (
-    ReadItem,
-    WriteItem,
-    checksums,
-    in_page_cache,
-    plan_reads,
-    read_chunk,
-    read_chunks,
-    write_chunk,
-)
+from hicache_file.segment import threads
+from hicache_file.segment.batch import ReadItem, WriteItem, in_page_cache, plan_reads, read_chunk, read_chunks
 from hicache_file.segment.config import SegmentSettings, config_model
 from hicache_file.segment.format import HEADER_SIZE
 from hicache_file.segment.index import Segment
 from hicache_file.segment.namespace import Namespace
 from hicache_file.segment.pageio import PoolPages, tensor_bytes_view
+from hicache_file.segment.threads import BatchThreads
 
 if TYPE_CHECKING:
     from hicache_core.memory.host_pool import HostKVPool
@@ -55,12 +47,6 @@ log = logging.getLogger(__name__)
 #: Test hook: called in the middle of a batch's data write (after some bytes of its first
 #: chunk reached the segment, before the rest). Used to SIGKILL a real writer mid-write.
 MID_WRITE_HOOK: Callable[[], None] | None = None
-
-#: Batches of pages at least this big use ``io_threads`` threads (smaller: the calling thread).
-PARALLEL_MIN_PAGE_BYTES = 256 << 10
-
-#: Bytes one ``preadv`` of pages needing no checksum may move (``batch.read_chunks``).
-RUN_BYTES = 8 << 20
 
 Pieces = list[memoryview]
 _xxh3_128 = xxhash.xxh3_128_intdigest
@@ -96,7 +82,7 @@ class SegmentStore(HiCacheStorage):
         self._namespaces: dict[str, Namespace] = {}
         self._pages: PoolPages | None = None
         self._stats: Counter[str] = Counter()
-        self._executor: ThreadPoolExecutor | None = None
+        self._threads = BatchThreads(self.settings.io_threads)
         self._suffix: tuple[str, str | None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -107,10 +93,8 @@ class SegmentStore(HiCacheStorage):
 
     def close(self) -> None:
         with self._lock:
-            executor, self._executor = self._executor, None
             namespaces, self._namespaces = list(self._namespaces.values()), {}
-        if executor is not None:
-            executor.shutdown(wait=True)
+        self._threads.close()
         for ns in namespaces:
             ns.close()
 
@@ -191,14 +175,15 @@ class SegmentStore(HiCacheStorage):
         try:
             if items:
                 verify_all = self.settings.verify == "always"
-                chunks = read_chunks(items, self.settings.chunk_bytes, self._run_bytes(items), verify_all)
+                run_bytes = self._threads.run_bytes(items, self.settings.chunk_bytes)
+                chunks = read_chunks(items, self.settings.chunk_bytes, run_bytes, verify_all)
                 # From the page cache, runs are read side by side; from the disk, one after the
                 # other by one thread: two threads' runs of one file, interleaved, defeat the
                 # kernel's readahead (about 15 % slower cold reads here).
                 page_bytes = items[0].length
-                if page_bytes >= PARALLEL_MIN_PAGE_BYTES and len(chunks) > 1 and not in_page_cache(chunks[0]):
+                if threads.parallel(page_bytes) and len(chunks) > 1 and not in_page_cache(chunks[0]):
                     page_bytes = 0
-                for failed in self._run(chunks, lambda c: read_chunk(c, verify_all), page_bytes):
+                for failed in self._threads.run(chunks, lambda c: read_chunk(c, verify_all), page_bytes):
                     bad.extend(failed)
         finally:
             with ns.lock:
@@ -281,7 +266,7 @@ class SegmentStore(HiCacheStorage):
             for seg, offset, run in runs
             for k in range(0, len(run), per_chunk)
         ]
-        results = self._write_jobs(jobs, length)
+        results = self._threads.write(jobs, length, MID_WRITE_HOOK)
         written: list[tuple[int, Segment, int, int]] = []
         written_at: list[int] = []
         failed: list[tuple[int, Segment, int, int]] = []
@@ -306,69 +291,6 @@ class SegmentStore(HiCacheStorage):
             out.extend(zip(written_at, oks))
             stats["writes"] += sum(oks)
             stats["bytes_written"] += length * sum(oks)
-        return out
-
-    def _write_jobs(self, jobs: list[tuple[Segment, int, list[WriteItem]]], length: int) -> list[bool]:
-        """Write each chunk of records in order from the calling thread; with ``io_threads`` at
-        big pages, helper threads compute the checksums of the chunks ahead meanwhile.
-
-        One thread writes: buffered writes to one file take its inode lock in turn, and a
-        second writer would only spin on it. A chunk whose checksums no helper has started yet
-        (helpers busy, or without a CPU on a loaded machine) is checksummed right here.
-        """
-        hook = MID_WRITE_HOOK
-        executor = self._helpers() if len(jobs) > 1 and length >= PARALLEL_MIN_PAGE_BYTES else None
-        if executor is None:
-            return [write_chunk(seg, offset, items, length, None, hook) for seg, offset, items in jobs]
-        ahead = [executor.submit(checksums, items) for _, _, items in jobs]
-        out = []
-        try:
-            for (seg, offset, items), sums in zip(jobs, ahead):
-                out.append(write_chunk(seg, offset, items, length, None if sums.cancel() else sums.result(), hook))
-        finally:
-            for sums in ahead:
-                sums.cancel()
-        return out
-
-    def _helpers(self) -> ThreadPoolExecutor | None:
-        """The ``io_threads - 1`` helper threads (None with ``io_threads`` 1)."""
-        if self.settings.io_threads <= 1:
-            return None
-        with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(self.settings.io_threads - 1, thread_name_prefix="hicache-seg")
-            return self._executor
-
-    def _run_bytes(self, items: list[ReadItem]) -> int:
-        """The most bytes one ``preadv`` of pages that need no checksum moves: ``RUN_BYTES``, less
-        when that would leave fewer runs than the batch's threads."""
-        threads = self.settings.io_threads if items[0].length >= PARALLEL_MIN_PAGE_BYTES else 1
-        total = sum(HEADER_SIZE + it.length for it in items)
-        return max(self.settings.chunk_bytes, min(RUN_BYTES, -(-total // threads)))
-
-    def _run(self, jobs: list[Any], fn: Callable[[Any], Any], page_bytes: int) -> list[Any]:
-        """``fn`` over ``jobs``, results in order, on ``io_threads`` threads for big pages.
-
-        The threads take the next job as they get free (not a fixed share each): a thread that
-        loses its CPU on a busy machine, or a helper still busy with another batch, then only
-        means the others do more, never that the batch waits on it.
-        """
-        threads = min(self.settings.io_threads, len(jobs))
-        executor = self._helpers() if threads > 1 and page_bytes >= PARALLEL_MIN_PAGE_BYTES else None
-        if executor is None:
-            return [fn(job) for job in jobs]
-        out: list[Any] = [None] * len(jobs)
-        pending = iter(range(len(jobs)))  # next() of a range iterator is atomic: each job runs once
-
-        def work() -> None:
-            for k in pending:
-                out[k] = fn(jobs[k])
-
-        futures = [executor.submit(work) for _ in range(threads - 1)]
-        work()
-        for f in futures:
-            if not f.cancel():  # a helper that never started has nothing left to do
-                f.result()
         return out
 
     # ------------------------------------------------------------------ zero-copy v1
