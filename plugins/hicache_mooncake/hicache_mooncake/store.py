@@ -42,8 +42,8 @@ from hicache_mooncake.config import MooncakeSettings, load_settings
 from hicache_mooncake.flat_io import StagingBuffer, as_bytes, get_pages, object_sizes, put_pages
 from hicache_mooncake.format_record import FormatRecord, record_value
 from hicache_mooncake.heap import return_freed_memory
+from hicache_mooncake.lease import ClientLease
 from hicache_mooncake.naming import PageObjectNames, hicache_names, scheme_of, sglang_names
-from hicache_mooncake.objects import ObjectClient
 from hicache_mooncake.plugin import CAPABILITIES
 from hicache_mooncake.zero_copy import PagePieces
 
@@ -82,19 +82,15 @@ class MooncakeStore(HiCacheStorage):
             "pages_written": 0, "pages_write_failed": 0, "pages_read": 0, "pages_read_failed": 0,
             "bytes_written": 0, "bytes_read": 0, "pages_skipped_non_writer": 0,
         }
-        self._registered: list[int] = []
         self._probe_buf = torch.zeros(64, dtype=torch.uint8)
         self._probe_lock = threading.Lock()
         parts = 1 if self._is_mla else 2
         # +1: an existence check carries the format record's name in the same call.
-        # A client another store of this process closed with the same settings, else a new one.
-        self._objects = ObjectClient(client_pool().acquire(self.settings), self.settings.master_server_address,
-                                     MAX_BATCH_PAGES * parts + 1)
-        #: Set when the client itself misbehaved: it is closed, not handed on (``client_pool``).
-        self._client_suspect = False
-        self._staging = StagingBuffer(self._register, self._unregister)
+        self._lease = ClientLease(self.settings, MAX_BATCH_PAGES * parts + 1)
+        self._objects = self._lease.objects
+        self._staging = StagingBuffer(self._lease.register, self._lease.unregister)
         try:
-            self._register(self._probe_buf)
+            self._lease.register(self._probe_buf)
         except BaseException:
             self.close()
             raise
@@ -119,25 +115,6 @@ class MooncakeStore(HiCacheStorage):
         return self._names.objects(keys)
 
     # ------------------------------------------------------------------ memory registration
-    def _register(self, tensor: torch.Tensor) -> None:
-        self._register_range(tensor.data_ptr(), tensor.numel() * tensor.element_size())
-
-    def _register_range(self, ptr: int, size: int) -> None:
-        rc = self._objects.register(ptr, size)
-        if rc != 0:
-            self._client_suspect = True
-            raise HiCacheError(
-                f"mooncake: register_buffer of {size} bytes failed ({codes.name_of(rc)}, {rc}); "
-                "with rdma, check the device and the locked-memory limit (ulimit -l)"
-            )
-        self._registered.append(ptr)
-
-    def _unregister(self, ptr: int) -> None:
-        if not self._objects.unregister(ptr):
-            self._client_suspect = True  # a buffer may still be registered: never hand it on
-        if ptr in self._registered:
-            self._registered.remove(ptr)
-
     def register_mem_pool_host(self, mem_pool_host: Any) -> None:
         """Take hicache's ``HostKVPool`` or an SGLang host pool, in any layout with a page format.
 
@@ -159,9 +136,9 @@ class MooncakeStore(HiCacheStorage):
             record = FormatRecord(self._objects, self._sglang.record_key(), value)
             record.check()
         old = self._pieces
-        self._register_range(*pieces.buffer)
+        self._lease.register_range(*pieces.buffer)
         if old is not None:
-            self._unregister(old.buffer[0])
+            self._lease.unregister(old.buffer[0])
         self._pieces, self._record = pieces, record
         super().register_mem_pool_host(mem_pool_host)
         self._names = self._make_names()
@@ -402,7 +379,7 @@ class MooncakeStore(HiCacheStorage):
             # Failing while the master answers is the client's own fault (a master just
             # restarted answers master-down codes first, which set ``master_down``).
             if not self._objects.master_down and tcp_reachable(self.settings.master_server_address, 1.0) is None:
-                self._client_suspect = True
+                self._lease.suspect = True
                 log.info("mooncake: health check failed while the master answers (%s); this client "
                          "will be closed, not reused", exc)
             raise
@@ -427,15 +404,7 @@ class MooncakeStore(HiCacheStorage):
         return stats
 
     def close(self) -> None:
-        if self._objects.closed:
-            return
-        for ptr in list(self._registered):
-            self._unregister(ptr)
-        client = self._objects.detach()
-        reusable = not self._client_suspect and self._objects.client_faults == 0
-        client_pool().release(self.settings, client, reusable)
-        # What this store's calls freed stays in glibc's arenas, resident, otherwise (``heap``).
-        return_freed_memory()
+        self._lease.release()
 
     def __repr__(self) -> str:
         return f"MooncakeStore({self.settings.describe()}, scheme={self.scheme}, names={self._names.page_name('{hash}')!r})"
