@@ -239,19 +239,19 @@ class PageFileStore(FileSchemeBase):
             return [True] * len(items)
         folder = self._dir()
         stats: Counter[str] = Counter()
-        written: list[tuple[int, str, str | None, int]] = []
+        written: list[tuple[int, str, str | None, int, bytes]] = []
         out = [False] * len(items)
         for i, (key, pieces) in enumerate(items):
             rel = page_rel(key)
             done = self._write_tmp(folder, rel, key, pieces, stats)
             if done is not None:
-                written.append((i, rel, done[0], done[1]))
+                written.append((i, rel, *done))
         dirs: set[str] = set()
         unchanged: list[str] = []
         redo: list[int] = []
         with self._lock:
             # Renames and evictions under one lock keep the index equal to the directory.
-            for i, rel, tmp, nbytes in written:
+            for i, rel, tmp, nbytes, header in written:
                 if tmp is None:  # already stored: count it as used now
                     if rel not in folder.index:  # deleted or evicted since the check: write it
                         redo.append(i)
@@ -267,6 +267,16 @@ class PageFileStore(FileSchemeBase):
                     # slower. Readers see the old page, a miss, or the new page; a kill in
                     # between leaves the complete temporary file, renamed on the next open.
                     if rel in folder.index:
+                        if folder.stored_header(rel) == header:
+                            # The same page (key, namespace, length, checksum) is there already,
+                            # e.g. another thread stored it since our check: keep its file
+                            # (unlink + rename would open a window in which readers miss).
+                            unlink_quietly(tmp)
+                            folder.index.put(rel, nbytes)
+                            unchanged.append(rel)
+                            out[i] = True
+                            stats["unchanged"] += 1
+                            continue
                         unlink_quietly(final)
                     hook = BEFORE_RENAME_HOOK
                     if hook is not None:
@@ -295,8 +305,8 @@ class PageFileStore(FileSchemeBase):
 
     def _write_tmp(
         self, folder: NamespaceDir, rel: str, key: str, pieces: list[Any], stats: Counter[str]
-    ) -> tuple[str | None, int] | None:
-        """Write a page to a new temporary file next to its final name; ``(tmp, bytes)``.
+    ) -> tuple[str | None, int, bytes] | None:
+        """Write a page to a new temporary file next to its final name; ``(tmp, bytes, header)``.
 
         ``tmp`` is None when the same page is already stored under the name (nothing to
         write); the result is None when the page could not be written.
@@ -314,7 +324,7 @@ class PageFileStore(FileSchemeBase):
             # Skipping the rewrite matters: renaming over an existing file makes ext4 start
             # writeback at once (auto_da_alloc), several times the cost of a new page.
             stats["unchanged"] += 1
-            return None, HEADER_SIZE + length
+            return None, HEADER_SIZE + length, header
         tmp = folder.tmp_path(rel, tmp_tag())
         try:
             try:
@@ -345,7 +355,7 @@ class PageFileStore(FileSchemeBase):
             unlink_quietly(tmp)
             return None
         os.close(fd)
-        return tmp, HEADER_SIZE + length
+        return tmp, HEADER_SIZE + length, header
 
     # ------------------------------------------------------------------ existence, removal
     def _exists(self, key: str, expected: int | None, pool: str) -> bool:
