@@ -55,8 +55,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from hicache_file.fileio import preadv_all, pwritev_all
 from hicache_file.segment.index import SegmentIndex
-from hicache_file.segment.pageio import PoolPages, preadv_all, pwritev_all
+from hicache_file.segment.pageio import PoolPages
 from hicache_file.segment.store import SegmentStore
 from hicache_file.segment.threads import PARALLEL_MIN_PAGE_BYTES
 from hicache_file.store import FileStore

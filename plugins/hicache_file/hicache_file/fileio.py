@@ -6,7 +6,7 @@ import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -50,32 +50,50 @@ def tmp_is_stale(pid_text: str, mtime: float, now: float, max_age: float) -> boo
     return pid_text.isdigit() and not pid_alive(int(pid_text))
 
 
-def _vectored_all(call: Callable[[int, list[memoryview], int], int], fd: int, bufs: list[Any], offset: int) -> int:
-    """``call`` (``os.pwritev`` or ``os.preadv``) over every buffer from ``offset``, looping on short
-    transfers and ``IOV_MAX``; returns the bytes moved (less than asked at end of file)."""
+def _vectored_all(
+    call: Callable[[int, Any, int], int], fd: int, bufs: Sequence[Any], offset: int, total: int | None,
+) -> int:
+    """``call`` (``os.preadv`` or ``os.pwritev``) over every buffer from ``offset``, looping on
+    short transfers and ``IOV_MAX``; returns the bytes moved (less than asked at end of file).
+    ``total``: the buffers' byte count when the caller knows it. Within ``IOV_MAX`` buffers the
+    first call takes them as given (no views built), which is all a full transfer needs."""
+    if len(bufs) <= IOV_MAX:
+        if total is None:
+            total = sum(memoryview(b).nbytes for b in bufs)
+        n = call(fd, bufs, offset)
+        if n == total or n <= 0:
+            return max(n, 0)
+        done = n
+    else:
+        done = 0
     views = [memoryview(b).cast("B") for b in bufs]
-    total = 0
+    skip = done
+    while views and skip >= len(views[0]):
+        skip -= len(views[0])
+        views.pop(0)
+    if views and skip:
+        views[0] = views[0][skip:]
     while views:
-        n = call(fd, views[:IOV_MAX], offset + total)
+        n = call(fd, views[:IOV_MAX], offset + done)
         if n <= 0:
             break
-        total += n
+        done += n
         while views and n >= len(views[0]):
             n -= len(views[0])
             views.pop(0)
         if views and n:
             views[0] = views[0][n:]
-    return total
+    return done
 
 
-def pwritev_all(fd: int, bufs: list[Any], offset: int) -> int:
+def pwritev_all(fd: int, bufs: Sequence[Any], offset: int, total: int | None = None) -> int:
     """Write every buffer at ``offset``; returns the bytes written."""
-    return _vectored_all(os.pwritev, fd, bufs, offset)
+    return _vectored_all(os.pwritev, fd, bufs, offset, total)
 
 
-def preadv_all(fd: int, bufs: list[Any], offset: int) -> int:
+def preadv_all(fd: int, bufs: Sequence[Any], offset: int, total: int | None = None) -> int:
     """Fill the buffers from ``offset``; returns bytes read (less at end of file)."""
-    return _vectored_all(os.preadv, fd, bufs, offset)
+    return _vectored_all(os.preadv, fd, bufs, offset, total)
 
 
 def open_page(path: str, stats: Counter[str]) -> int | None:

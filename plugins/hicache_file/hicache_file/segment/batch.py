@@ -18,6 +18,7 @@ from typing import Any
 
 from xxhash import xxh3_64_intdigest
 
+from hicache_file.fileio import preadv_all, pwritev_all
 from hicache_file.segment.format import (
     ALGO_XXH3,
     FORMAT_VERSION,
@@ -28,7 +29,6 @@ from hicache_file.segment.format import (
     page_checksum,
 )
 from hicache_file.segment.index import CHECKED, Segment, SegmentIndex
-from hicache_file.segment.pageio import preadv_all, pwritev_all
 
 log = logging.getLogger(__name__)
 

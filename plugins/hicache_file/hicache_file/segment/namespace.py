@@ -30,6 +30,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 
+from hicache_file.fileio import pid_alive
 from hicache_file.segment.config import SegmentSettings
 from hicache_file.segment.format import (
     JOURNAL_SIZE,
@@ -66,16 +67,6 @@ def namespace_dirname(namespace: str) -> str:
 
         safe = f"{safe[:180]}~{hashlib.sha256(namespace.encode()).hexdigest()[:16]}"
     return safe
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _linked(seg: Segment) -> bool:
@@ -398,7 +389,7 @@ class Namespace:
                 age = now - os.stat(path).st_mtime
             except OSError:
                 continue
-            if seg_id in self.index.dropped or age > ORPHAN_SECONDS or not _pid_alive(seg_id >> 40):
+            if seg_id in self.index.dropped or age > ORPHAN_SECONDS or not pid_alive(seg_id >> 40):
                 self._unlink_segments([name])
                 self.stats["orphans_removed"] += 1
 

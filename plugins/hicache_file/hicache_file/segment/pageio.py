@@ -1,67 +1,18 @@
-"""Vectored reads and writes of runs of page records, and the views of host-pool pages they use.
+"""The views of host-pool pages that vectored reads and writes of page records use.
 
 A run is consecutive records of one segment: header, pieces, header, pieces, ... moved by one
-``preadv``/``pwritev`` per chunk (``chunk_bytes``), straight between the file and the pages'
-memory. Checksums run per chunk right after (reads) or before (writes) the copy, while the
-chunk's bytes are still in the CPU cache.
+``preadv``/``pwritev`` per chunk (``chunk_bytes``, ``fileio.preadv_all``/``pwritev_all``),
+straight between the file and the pages' memory.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from hicache_core.memory.pages import PageGeometry, page_geometry, page_memoryviews
-
-_IOV_MAX = min(os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024, 1024)
-
-
-def _vectored_all(
-    call: Callable[[int, Any, int], int], fd: int, bufs: Sequence[Any], offset: int, total: int | None,
-) -> int:
-    """``call`` (``os.preadv`` or ``os.pwritev``) over every buffer from ``offset``, looping on
-    short transfers and ``IOV_MAX``; returns the bytes moved (less than asked at end of file).
-    ``total``: the buffers' byte count when the caller knows it."""
-    if len(bufs) <= _IOV_MAX:
-        if total is None:
-            total = sum(len(b) for b in bufs)
-        n = call(fd, bufs, offset)
-        if n == total or n <= 0:
-            return max(n, 0)
-        done = n
-    else:
-        done = 0
-    views = [memoryview(b).cast("B") for b in bufs]
-    skip = done
-    while views and skip >= len(views[0]):
-        skip -= len(views[0])
-        views.pop(0)
-    if views and skip:
-        views[0] = views[0][skip:]
-    while views:
-        n = call(fd, views[:_IOV_MAX], offset + done)
-        if n <= 0:
-            break
-        done += n
-        while views and n >= len(views[0]):
-            n -= len(views[0])
-            views.pop(0)
-        if views and n:
-            views[0] = views[0][n:]
-    return done
-
-
-def preadv_all(fd: int, bufs: Sequence[Any], offset: int, total: int | None = None) -> int:
-    """Fill ``bufs`` from ``offset``; returns bytes read (less at end of file)."""
-    return _vectored_all(os.preadv, fd, bufs, offset, total)
-
-
-def pwritev_all(fd: int, bufs: Sequence[Any], offset: int, total: int | None = None) -> int:
-    """Write every buffer at ``offset``; returns bytes written."""
-    return _vectored_all(os.pwritev, fd, bufs, offset, total)
 
 
 class PoolPages:
