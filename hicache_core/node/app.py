@@ -33,7 +33,12 @@ from starlette.concurrency import run_in_threadpool
 
 from hicache_core.controller import ControllerError
 from hicache_core.node.node import Node
-from hicache_core.node.tokens import CacheRequest, request_from_block_ids, request_from_token_ids
+from hicache_core.node.tokens import (
+    MOONCAKE_BLOCK_TOKENS,
+    CacheRequest,
+    request_from_block_ids,
+    request_from_token_ids,
+)
 from hicache_core.plugins.dynamic import check_dynamic_request
 from hicache_core.replay.trace import MAX_BLOCK_TOKENS
 from hicache_core.spec.errors import HiCacheError
@@ -63,7 +68,7 @@ class RequestLimits:
     max_request_tokens: int = 1 << 21  # 2 Mi tokens: 16x the longest request of the Mooncake traces
     max_body_bytes: int = 64 << 20
 
-    def max_blocks(self, block_tokens: int = 512) -> int:
+    def max_blocks(self, block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> int:
         return max(1, self.max_request_tokens // block_tokens)
 
 
@@ -85,7 +90,7 @@ class GenerateBody(BaseModel):
     hash_ids: list[int] | None = None
     input_length: int | None = None
     #: Tokens per block id: 512 in the Mooncake traces (the default), 16 in Alibaba's Qwen traces.
-    block_tokens: int = 512
+    block_tokens: int = MOONCAKE_BLOCK_TOKENS
     rid: str | None = None
 
 

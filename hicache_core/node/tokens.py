@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-MOONCAKE_BLOCK_TOKENS = 512
+from hicache_core.replay.trace import (
+    MOONCAKE_BLOCK_TOKENS as MOONCAKE_BLOCK_TOKENS,  # re-exported: the node API names it
+)
 
 
 def block_token_ids(block_id: int, block_tokens: int = MOONCAKE_BLOCK_TOKENS) -> np.ndarray:

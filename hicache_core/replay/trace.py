@@ -23,6 +23,12 @@ from pathlib import Path
 SAMPLE_NAME = "mooncake_conversation_sample.jsonl"
 
 
+#: The block size of the Mooncake FAST'25 traces, and the answer when a trace gives no hint.
+MOONCAKE_BLOCK_TOKENS = 512
+#: Largest block size inferred or accepted (tokens); real traces use 16 to 512.
+MAX_BLOCK_TOKENS = 1 << 16
+
+
 @dataclass(frozen=True)
 class TraceRequest:
     index: int
@@ -30,8 +36,8 @@ class TraceRequest:
     input_length: int
     output_length: int
     hash_ids: tuple[int, ...]
-    #: Tokens per block id (512 in the Mooncake traces).
-    block_tokens: int = 512
+    #: Tokens per block id.
+    block_tokens: int = MOONCAKE_BLOCK_TOKENS
 
     def to_json(self) -> dict[str, object]:
         return {"timestamp": self.timestamp_ms, "input_length": self.input_length,
@@ -48,12 +54,6 @@ TIMESTAMP_UNITS: dict[str, float] = {"ms": 1.0, "s": 1000.0, "us": 0.001}
 
 _FIELDS_HINT = ('each line is a JSON object with "hash_ids" (a list of non-negative integer block ids) and '
                 'optionally "input_length", "timestamp" (ms), "output_length"; other fields are ignored')
-
-
-#: The block size of the Mooncake FAST'25 traces, and the answer when a trace gives no hint.
-MOONCAKE_BLOCK_TOKENS = 512
-#: Largest block size inferred or accepted (tokens); real traces use 16 to 512.
-MAX_BLOCK_TOKENS = 1 << 16
 
 
 def load_trace(path: str | Path, limit: int | None = None, timestamp_unit: str = "ms",
